@@ -490,7 +490,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
             f"{p}.prefix",
             f"RFC 6052 prefixes are /32, /40, /48, /56, /64 or /96, not /{prefix.prefixlen}",
         )
-    elif prefix is not None and prefix.prefixlen < 96 and prefix.network_address.packed[8] != 0:
+    elif prefix is not None and prefix.network_address.packed[8] != 0:
         r.problem(f"{p}.prefix", "bits 64-71 (the RFC 6052 u-octet) must be zero")
     if mtu is not None and lowest is not None and lowest > mtu:
         r.problem(f"{p}.lowest_ipv6_mtu", f"({lowest}) cannot exceed translator.mtu ({mtu})")
