@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,14 @@ from publisher import sdnotify
 from publisher.config import Config, ConfigError, load_config
 from publisher.netlink import NetlinkError, NetlinkManager, atomic_write, plan
 from translator import DropReason, Pool4, Tables, Translator, TranslatorSettings
-from translator.tun import BATCH_LIMIT, Counters, DataPath, open_tun
+from translator.tun import (
+    BATCH_LIMIT,
+    ICMPV4_ERROR_NAMES,
+    ICMPV6_ERROR_NAMES,
+    Counters,
+    DataPath,
+    open_tun,
+)
 
 log = logging.getLogger("revnat64")
 
@@ -150,6 +158,52 @@ class Totals:
             self.icmp_errors[icmp_key] = self.icmp_errors.get(icmp_key, 0) + value
 
 
+class SnapshotBroker:
+    """Lets other threads ask for a snapshot that the main loop builds.
+
+    Daemon state (counters, the pool, the tables) is only ever touched by the
+    main thread, so the metrics and control threads never see a half-swapped
+    reload or a dict changing size under them.  They queue a request and poke
+    a pipe the main loop polls; the loop answers between packet batches.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.lock = threading.Lock()
+        self.pending: list[tuple[threading.Event, list[Any]]] = []
+
+    def request(self, timeout: float = 5.0) -> Any:
+        event, box = threading.Event(), []  # type: ignore[var-annotated]
+        with self.lock:
+            self.pending.append((event, box))
+        try:
+            os.write(self.write_fd, b"s")
+        except BlockingIOError:
+            pass
+        if not event.wait(timeout):
+            raise TimeoutError("the daemon's main loop did not answer in time")
+        return box[0]
+
+    def serve(self, build: Any) -> None:
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        with self.lock:
+            pending, self.pending = self.pending, []
+        if not pending:
+            return
+        result = build()
+        for event, box in pending:
+            box.append(result)
+            event.set()
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
 class Daemon:
     def __init__(self, config_path: str, log_level: str | None = None) -> None:
         self.config_path = config_path
@@ -170,6 +224,7 @@ class Daemon:
         self.firewall: Any = None
         self.firewall_state = "disabled"
         self.services: list[Any] = []  # things with .close()/.stop() on shutdown
+        self.broker = SnapshotBroker()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -201,6 +256,8 @@ class Daemon:
         self.datapath = DataPath(self.fd, self.translator, self.counters)
         self._apply_firewall(cfg)
         self.last_reload = time.time()
+        self._start_services(cfg)
+        self._maybe_update_dns(cfg)
         log.info(
             "revnat64 started: %d mappings on %s, pool4 %s",
             len(cfg.mappings),
@@ -231,6 +288,96 @@ class Daemon:
         self.firewall.apply()
         self.firewall_state = "applied"
         log.info("firewall: %s rules applied", cfg.firewall.backend)
+
+    # -- observability ----------------------------------------------------------
+
+    def _start_services(self, cfg: Config) -> None:
+        """Control socket, metrics endpoint and textfile writer (threads, off the packet path)."""
+        from publisher.control import ControlServer
+
+        self.services.append(
+            ControlServer(cfg.daemon.control_socket, {"status": lambda: self.export().to_json()})
+        )
+        if cfg.metrics.listen:
+            from publisher.metrics import start_http_server
+
+            server = start_http_server(cfg.metrics.listen, self.export)
+            self.services.append(server)
+            log.info("metrics on %s", server.url)
+        if cfg.metrics.textfile:
+            from publisher.metrics import TextfileWriter
+
+            writer = TextfileWriter(
+                cfg.metrics.textfile, float(cfg.metrics.textfile_interval), self.export
+            )
+            writer.start()
+            self.services.append(writer)
+
+    def _maybe_update_dns(self, cfg: Config) -> None:
+        if cfg.dns.update_on_change and cfg.dns.server:
+            from publisher.dns_update import start_background_update
+
+            start_background_update(cfg, logging.getLogger("revnat64.dns"))
+
+    def export(self) -> Any:
+        """A Snapshot for exporters; runs in their thread, the counters come from the loop."""
+        snap = self.broker.request()
+        firewall = self.firewall
+        if firewall is not None:
+            try:
+                snap.firewall_drops = firewall.drop_counters()
+            except Exception as exc:  # a failing nft must not break the scrape
+                snap.firewall_state = f"error: reading counters: {exc}"
+        if self.cfg.dns.update_on_change and self.cfg.dns.server:
+            from publisher.dns_update import dns_update_status
+
+            st = dns_update_status()
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.finished_at or 0))
+            snap.dns_state = f"{st.state} {when}: {st.message}".strip()
+        return snap
+
+    def snapshot(self) -> Any:
+        """Build a Snapshot of live state; main thread only (via the broker)."""
+        from publisher.snapshot import MappingInfo, Snapshot
+
+        now = time.monotonic()
+        names = [m.name for m in self.cfg.mappings]
+        totals = Totals(dict(self.totals.packets), dict(self.totals.bytes),
+                        dict(self.totals.dropped), dict(self.totals.icmp_errors))
+        totals.absorb(names, self.counters)
+        for name in names:
+            for direction in DIRECTIONS:
+                totals.packets.setdefault((name, direction), 0)
+                totals.bytes.setdefault((name, direction), 0)
+        dropped = {reason.label: totals.dropped.get(reason.label, 0) for reason in DropReason
+                   if reason.label != "none"}
+        icmp_errors: dict[tuple[str, str], int] = {}
+        for (family, icmp_type), count in totals.icmp_errors.items():
+            table = ICMPV6_ERROR_NAMES if family == "icmpv6" else ICMPV4_ERROR_NAMES
+            key = (family, table.get(icmp_type, f"type_{icmp_type}"))
+            icmp_errors[key] = icmp_errors.get(key, 0) + count
+        pool = self.pool
+        return Snapshot(
+            mappings=[MappingInfo(m.name, str(m.ipv6), str(m.ipv4), m.hostname)
+                      for m in self.cfg.mappings],
+            packets=totals.packets,
+            bytes=totals.bytes,
+            dropped=dropped,
+            icmp_errors=icmp_errors,
+            pool_in_use=pool.in_use,
+            pool_size=pool.size,
+            leases_created=pool.created,
+            leases_expired=pool.expired,
+            pool_refused={"exhausted": pool.refused_exhausted,
+                          "prefix_limit": pool.refused_limit},
+            reloads=dict(self.reloads),
+            last_reload_timestamp=self.last_reload,
+            started_timestamp=self.started,
+            firewall_state=self.firewall_state,
+            dns_state="disabled",
+            leases=[(v6, v4, max(0.0, now - seen)) for v6, v4, seen in pool.leases()],
+            workers=1,
+        )
 
     def _restore_leases(self) -> None:
         path = self.cfg.lease_file
@@ -265,6 +412,7 @@ class Daemon:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(wake_r, select.POLLIN)
+        poller.register(self.broker.read_fd, select.POLLIN)
         sdnotify.notify("READY=1", self.status_line())
         next_expire = time.monotonic() + LEASE_EXPIRE_INTERVAL
         next_save = time.monotonic() + LEASE_SAVE_INTERVAL
@@ -281,7 +429,10 @@ class Daemon:
                 while self.datapath.run_batch(now) == BATCH_LIMIT and not self.stopping:
                     if self.reload_requested:
                         break
+                    if self.broker.pending:
+                        self.broker.serve(self.snapshot)
                     now = time.monotonic()
+                self.broker.serve(self.snapshot)
                 try:
                     while os.read(wake_r, 512):
                         pass
@@ -384,6 +535,7 @@ class Daemon:
         self.cfg = new
         self.last_reload = time.time()
         log.info("reloaded: %d mappings", len(new.mappings))
+        self._maybe_update_dns(new)
         return True
 
     def _reload_firewall(self, old: Config, new: Config) -> None:
@@ -404,9 +556,10 @@ class Daemon:
         sdnotify.notify("STOPPING=1")
         for service in self.services:
             try:
-                service.close()
+                (getattr(service, "close", None) or service.stop)()
             except Exception as exc:
                 log.warning("stopping %r: %s", service, exc)
+        self.services.clear()
         if hasattr(self, "pool") and hasattr(self, "cfg"):
             self.save_leases()
         if self.firewall is not None:

@@ -215,18 +215,28 @@ def test_unmapped_address_in_published_prefix_is_unreachable(lab: Lab, tmp_path:
         d.close()
 
 
+SLOW_DOWNLOAD = """
+import hashlib, sys, time, urllib.request
+h = hashlib.sha256()
+with urllib.request.urlopen(sys.argv[1], timeout=30) as r:
+    for _ in range(10000):
+        chunk = r.read(65536)
+        if not chunk:
+            break
+        h.update(chunk)
+        time.sleep(0.02)  # a slow reader: the transfer spans the reload
+print(h.hexdigest())
+"""
+
+
 def test_reload_adds_mapping_while_download_in_flight(dlab: DaemonLab) -> None:
     dlab.device.run("ip addr add 192.0.2.51/24 dev lan0")
     dlab.start()
-    expected = serve_http(dlab, 4 * 1024 * 1024)
+    expected = serve_http(dlab, 8 * 1024 * 1024)  # about 2.5 s at the reader's pace
     download = dlab.client.popen(
-        [
-            "sh",
-            "-c",
-            f"curl -sf -g --limit-rate 2M --max-time 60 'http://[{DEVICE6}]:8080/blob' | sha256sum",
-        ]
+        [sys.executable, "-c", SLOW_DOWNLOAD, f"http://[{DEVICE6}]:8080/blob"]
     )
-    time.sleep(0.7)
+    time.sleep(0.5)
     cfg = dict(dlab.config)
     cfg["mappings"] = [
         *cfg["mappings"],
@@ -235,12 +245,11 @@ def test_reload_adds_mapping_while_download_in_flight(dlab: DaemonLab) -> None:
     dlab.write_config(cfg)
     dlab.reload()
     assert download.poll() is None, "the download should still be running during the reload"
-    assert (
-        "1 received"
-        in dlab.client.run(["ping", "-6", "-c", "1", "-W", "2", "2001:db8:200::51"]).stdout
-    )
-    stdout, _ = download.communicate(timeout=60)
-    assert stdout.decode().split()[0] == expected
+    assert "1 received" in dlab.client.run(
+        ["ping", "-6", "-c", "1", "-W", "2", "2001:db8:200::51"]
+    ).stdout
+    stdout, stderr = download.communicate(timeout=60)
+    assert stdout.decode().strip() == expected, stderr.decode()
     assert "reloaded: 2 mappings" in dlab.logs()
 
 
