@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from publisher.lab import (  # noqa: E402
-    CLIENT6,
     DEVICE4,
     DEVICE6,
     POOL4,
@@ -89,8 +88,11 @@ def start_tayga(net: HomeRouterLab, tmp: Path) -> subprocess.Popen[bytes]:
         f"dynamic-pool {POOL4}\nmap {DEVICE4} {DEVICE6}\ndata-dir {tmp / 'tayga-data'}\n"
     )
     net.router.run(["tayga", "--config", str(conf), "--mktun"])
-    proc = net.router.popen(["tayga", "--config", str(conf), "--nodetach"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = net.router.popen(
+        ["tayga", "--config", str(conf), "--nodetach"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: TUN in net.router.run("ip -o link").stdout, what="tayga's TUN")
     route_tun(net)
     return proc
@@ -102,36 +104,50 @@ def revnat64_config(tmp: Path, mappings: int, metrics: bool) -> Path:
     ]
     for i in range(1, mappings):
         # Filler mappings in 2001:db8:f00::/104 <-> 203.0.113.0/24 space, none of them used.
-        maps.append({
-            "name": f"filler-{i}",
-            "ipv6": f"2001:db8:f00::{i:x}",
-            "ipv4": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-        })
+        maps.append(
+            {
+                "name": f"filler-{i}",
+                "ipv6": f"2001:db8:f00::{i:x}",
+                "ipv4": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+            }
+        )
     cfg = {
-        "translator": {"tun_device": TUN, "ipv4_address": TRANSLATOR4,
-                       "ipv6_address": TRANSLATOR6, "pool4": POOL4},
+        "translator": {
+            "tun_device": TUN,
+            "ipv4_address": TRANSLATOR4,
+            "ipv6_address": TRANSLATOR6,
+            "pool4": POOL4,
+        },
         "wan": {"interface": "wan0", "proxy_ndp": False},
         "lan": {"interface": "lan0"},
         "mappings": maps,
         "firewall": {"enabled": False},
         "metrics": {"listen": "127.0.0.1:9864" if metrics else None},
-        "daemon": {"state_dir": str(tmp / "state"), "control_socket": str(tmp / "ctl.sock"),
-                   "log_level": "warning"},
+        "daemon": {
+            "state_dir": str(tmp / "state"),
+            "control_socket": str(tmp / "ctl.sock"),
+            "log_level": "warning",
+        },
     }
     path = tmp / f"revnat64-{mappings}-{int(metrics)}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def start_revnat64(net: HomeRouterLab, tmp: Path, mappings: int = 1,
-                   metrics: bool = False) -> subprocess.Popen[bytes]:
+def start_revnat64(
+    net: HomeRouterLab, tmp: Path, mappings: int = 1, metrics: bool = False
+) -> subprocess.Popen[bytes]:
     config = revnat64_config(tmp, mappings, metrics)
     notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(ROOT))
-    proc = net.router.popen([sys.executable, "-m", "publisher.cli", "run", "-c", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = net.router.popen(
+        [sys.executable, "-m", "publisher.cli", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     notify.settimeout(60)
     try:
         while "READY=1" not in notify.recv(4096).decode():
@@ -143,8 +159,9 @@ def start_revnat64(net: HomeRouterLab, tmp: Path, mappings: int = 1,
 
 def iperf(net: HomeRouterLab, seconds: int, reverse: bool = False, udp: bool = False) -> float:
     """Bits/s (TCP) or packets/s received (UDP 64-byte) through the translator."""
-    server = net.device.popen(["iperf3", "-s", "-1", "-B", DEVICE4],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = net.device.popen(
+        ["iperf3", "-s", "-1", "-B", DEVICE4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(0.3)
     args = ["iperf3", "-c", DEVICE6, "-t", str(seconds), "-J"]
     if reverse:
@@ -164,15 +181,12 @@ def iperf(net: HomeRouterLab, seconds: int, reverse: bool = False, udp: bool = F
 
 
 def ping_median_ms(net: HomeRouterLab, dst: str, count: int = 50) -> float:
-    out = net.client.run(["ping", "-6", "-c", str(count), "-i", "0.02", "-q", dst],
-                         check=False, timeout=count + 10).stdout
-    rtts = []
-    full = net.client.run(["ping", "-6", "-c", str(count), "-i", "0.02", dst], check=False,
-                          timeout=count + 10).stdout
-    for line in full.splitlines():
-        if "time=" in line:
-            rtts.append(float(line.split("time=")[1].split()[0]))
-    _ = out
+    out = net.client.run(
+        ["ping", "-6", "-c", str(count), "-i", "0.02", dst], check=False, timeout=count + 10
+    ).stdout
+    rtts = [
+        float(line.split("time=")[1].split()[0]) for line in out.splitlines() if "time=" in line
+    ]
     return statistics.median(rtts) if rtts else float("nan")
 
 
@@ -241,12 +255,20 @@ def report(results: list[Result], json_path: Path) -> None:
         r = rn["tcp_device_to_client_bps_metrics_on"] / rn["tcp_device_to_client_bps"]
         print(f"revnat64 metrics on vs off: {r:.2f}x")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "results": by,
-    }, indent=2))
+    json_path.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {
+                    "kernel": platform.release(),
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                },
+                "results": by,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {json_path}")
 
 

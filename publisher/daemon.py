@@ -342,15 +342,22 @@ class Daemon:
 
         now = time.monotonic()
         names = [m.name for m in self.cfg.mappings]
-        totals = Totals(dict(self.totals.packets), dict(self.totals.bytes),
-                        dict(self.totals.dropped), dict(self.totals.icmp_errors))
+        totals = Totals(
+            dict(self.totals.packets),
+            dict(self.totals.bytes),
+            dict(self.totals.dropped),
+            dict(self.totals.icmp_errors),
+        )
         totals.absorb(names, self.counters)
         for name in names:
             for direction in DIRECTIONS:
                 totals.packets.setdefault((name, direction), 0)
                 totals.bytes.setdefault((name, direction), 0)
-        dropped = {reason.label: totals.dropped.get(reason.label, 0) for reason in DropReason
-                   if reason.label != "none"}
+        dropped = {
+            reason.label: totals.dropped.get(reason.label, 0)
+            for reason in DropReason
+            if reason.label != "none"
+        }
         icmp_errors: dict[tuple[str, str], int] = {}
         for (family, icmp_type), count in totals.icmp_errors.items():
             table = ICMPV6_ERROR_NAMES if family == "icmpv6" else ICMPV4_ERROR_NAMES
@@ -358,8 +365,9 @@ class Daemon:
             icmp_errors[key] = icmp_errors.get(key, 0) + count
         pool = self.pool
         return Snapshot(
-            mappings=[MappingInfo(m.name, str(m.ipv6), str(m.ipv4), m.hostname)
-                      for m in self.cfg.mappings],
+            mappings=[
+                MappingInfo(m.name, str(m.ipv6), str(m.ipv4), m.hostname) for m in self.cfg.mappings
+            ],
             packets=totals.packets,
             bytes=totals.bytes,
             dropped=dropped,
@@ -368,8 +376,7 @@ class Daemon:
             pool_size=pool.size,
             leases_created=pool.created,
             leases_expired=pool.expired,
-            pool_refused={"exhausted": pool.refused_exhausted,
-                          "prefix_limit": pool.refused_limit},
+            pool_refused={"exhausted": pool.refused_exhausted, "prefix_limit": pool.refused_limit},
             reloads=dict(self.reloads),
             last_reload_timestamp=self.last_reload,
             started_timestamp=self.started,

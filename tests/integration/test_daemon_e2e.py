@@ -245,9 +245,10 @@ def test_reload_adds_mapping_while_download_in_flight(dlab: DaemonLab) -> None:
     dlab.write_config(cfg)
     dlab.reload()
     assert download.poll() is None, "the download should still be running during the reload"
-    assert "1 received" in dlab.client.run(
-        ["ping", "-6", "-c", "1", "-W", "2", "2001:db8:200::51"]
-    ).stdout
+    assert (
+        "1 received"
+        in dlab.client.run(["ping", "-6", "-c", "1", "-W", "2", "2001:db8:200::51"]).stdout
+    )
     stdout, stderr = download.communicate(timeout=60)
     assert stdout.decode().strip() == expected, stderr.decode()
     assert "reloaded: 2 mappings" in dlab.logs()
