@@ -212,26 +212,28 @@ def _render_nsupdate(rs: RecordSet, server: str | None) -> str:
     """
     owner = ownership_name(rs.zone)
     lines = [f"; {HEADER.format(fmt='nsupdate')}", "; run: nsupdate -k /etc/revnat64/tsig.key FILE"]
-    lines += _nsupdate_server_line(server)
-    lines.append(f"zone {rs.zone}")
-    for r in rs.of_type("AAAA"):
-        lines.append(f'update add {owner} {rs.ttl} TXT "AAAA {r.name}"')
-    for r in rs.of_type("PTR"):
-        lines.append(f'update add {owner} {rs.ttl} TXT "PTR {r.name}"')
-    for r in rs.of_type("AAAA"):
-        lines.append(f"update delete {r.name} AAAA")
-        lines.append(f"update add {r.name} {r.ttl} AAAA {r.value}")
-    lines.append("send")
     ptrs = rs.of_type("PTR")
     if ptrs:
-        # No zone line: nsupdate asks the server for the SOA of the first name
-        # and so finds whichever ip6.arpa zone covers the addresses.
-        lines.append("; PTR records: one message per record, each in its own reverse zone")
+        # These come first, with no zone statement (nsupdate cannot clear one):
+        # nsupdate asks the server for the SOA of each name and so finds
+        # whichever ip6.arpa zone holds it.
+        lines.append("; PTR records: one message each, sent to the reverse zone that holds it")
         for r in ptrs:
             lines += _nsupdate_server_line(server)
             lines.append(f"update delete {r.name} PTR")
             lines.append(f"update add {r.name} {r.ttl} PTR {r.value}")
             lines.append("send")
+    lines.append(f"; AAAA records in {rs.zone}, and the names revnat64 manages there")
+    lines += _nsupdate_server_line(server)
+    lines.append(f"zone {rs.zone}")
+    for r in rs.of_type("AAAA"):
+        lines.append(f'update add {owner} {rs.ttl} TXT "AAAA {r.name}"')
+    for r in ptrs:
+        lines.append(f'update add {owner} {rs.ttl} TXT "PTR {r.name}"')
+    for r in rs.of_type("AAAA"):
+        lines.append(f"update delete {r.name} AAAA")
+        lines.append(f"update add {r.name} {r.ttl} AAAA {r.value}")
+    lines.append("send")
     return "\n".join(lines) + "\n"
 
 

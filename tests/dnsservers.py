@@ -257,3 +257,46 @@ include: "{include}"
             yield port
         finally:
             stop(proc)
+
+
+BASE_MAPPINGS = """\
+  - name: frontdoor-cam
+    ipv6: 2001:db8:200::50
+    ipv4: 192.0.2.50
+    allow: [tcp/80]
+    hostname: frontdoor
+  - name: nas
+    ipv6: 2001:db8:200::51
+    ipv4: 192.0.2.51
+    allow: [tcp/443]
+  - name: lab
+    ipv6: 2001:db8:200:1::/126
+    ipv4: 192.0.2.252/30
+    allow: [icmp]
+"""
+
+
+def config_text(
+    mappings: str = BASE_MAPPINGS,
+    server: str | None = "127.0.0.1:53",
+    key_file: Path | str | None = None,
+    resolver: str | None = None,
+    ptr: bool = False,
+) -> str:
+    """A valid revnat64 config around ``mappings`` with a dns section for the test servers."""
+    dns_lines = ["  zone: cam.example.org.", "  ttl: 300", f"  ptr: {'true' if ptr else 'false'}"]
+    if server:
+        dns_lines.append(f"  server: {server}")
+    if key_file:
+        dns_lines.append(f"  tsig_key_file: {key_file}")
+    if resolver:
+        dns_lines.append(f"  resolver: {resolver}")
+    return (
+        "translator:\n"
+        "  ipv4_address: 198.51.100.1\n"
+        "  ipv6_address: 2001:db8:200::1\n"
+        "  pool4: 198.51.100.0/24\n"
+        "wan: {interface: eth0}\n"
+        "lan: {interface: br-lan, ipv4_networks: [192.0.2.0/24]}\n"
+        "mappings:\n" + mappings + "dns:\n" + "\n".join(dns_lines) + "\n"
+    )
