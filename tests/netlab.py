@@ -101,25 +101,8 @@ class Lab:
 
     def veth(self, a: Netns, a_if: str, b: Netns, b_if: str, mtu: int = 1500) -> None:
         run(
-            [
-                "ip",
-                "link",
-                "add",
-                a_if,
-                "netns",
-                a.name,
-                "mtu",
-                str(mtu),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b_if,
-                "netns",
-                b.name,
-                "mtu",
-                str(mtu),
-            ]
+            ["ip", "link", "add", a_if, "netns", a.name, "mtu", str(mtu), "type", "veth",
+             "peer", "name", b_if, "netns", b.name, "mtu", str(mtu)]
         )
         a.run(f"ip link set {a_if} up")
         b.run(f"ip link set {b_if} up")
