@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from translator.tun import (
     ICMPV6_ERROR_NAMES,
     Counters,
     DataPath,
+    describe_offloads,
     open_tun,
 )
 
@@ -210,6 +211,7 @@ class Daemon:
         self.log_level_override = log_level
         self.cfg: Config
         self.fd = -1
+        self.offloads = 0
         self.netlink: NetlinkManager | None = None
         self.translator: Translator
         self.pool: Pool4
@@ -243,7 +245,9 @@ class Daemon:
         for line in self.netlink.recover_leftovers():
             log.warning("crash recovery: %s", line)
         try:
-            self.fd = open_tun(cfg.translator.tun_device)
+            self.fd, self.offloads = open_tun(
+                cfg.translator.tun_device, offloads=cfg.translator.offloads
+            )
         except OSError as exc:
             raise StartupError(f"creating TUN device {cfg.translator.tun_device}: {exc}") from exc
         self.netlink.bring_up_tun(cfg.translator.mtu)
@@ -251,9 +255,11 @@ class Daemon:
 
         self.pool = new_pool(cfg)
         self._restore_leases()
-        self.translator = Translator(settings, tables, self.pool)
         self.counters = Counters(len(cfg.mappings))
-        self.datapath = DataPath(self.fd, self.translator, self.counters)
+        self.datapath = DataPath(self.fd, Translator(settings, tables, self.pool), self.counters)
+        self._install_translators(settings, tables)
+        if cfg.translator.offloads:
+            log.info("TUN offloads: %s", describe_offloads(self.offloads))
         self._apply_firewall(cfg)
         self.last_reload = time.time()
         self._start_services(cfg)
@@ -288,6 +294,20 @@ class Daemon:
         self.firewall.apply()
         self.firewall_state = "applied"
         log.info("firewall: %s rules applied", cfg.firewall.backend)
+
+    def _install_translators(self, settings: TranslatorSettings, tables: Tables) -> None:
+        """The translator, plus its twin for TCP super-packets when offloads are on.
+
+        The twin shares tables and pool; only the size rules differ, because a
+        super-packet is cut to the real MTU by the kernel after translation.
+        """
+        self.translator = Translator(settings, tables, self.pool)
+        self.datapath.translator = self.translator
+        gso = None
+        if self.offloads:
+            gso = Translator(replace(settings, mtu=65535, lowest_ipv6_mtu=65535), tables, self.pool)
+        self.datapath.gso_translator = gso
+        self.datapath.select_loop()
 
     # -- observability ----------------------------------------------------------
 
@@ -535,10 +555,11 @@ class Daemon:
             log.info("pool4 settings changed: kept %d leases that still fit", kept)
             self.pool = pool
         if pool_key(new) != pool_key(old) or settings != self.translator.settings:
-            self.translator = Translator(settings, tables, self.pool)
-            self.datapath.translator = self.translator
+            self._install_translators(settings, tables)
         else:
             self.translator.tables = tables
+            if self.datapath.gso_translator is not None:
+                self.datapath.gso_translator.tables = tables
         self.cfg = new
         self.last_reload = time.time()
         log.info("reloaded: %d mappings", len(new.mappings))
@@ -577,6 +598,7 @@ class Daemon:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        self.offloads = 0
         if self.netlink is not None:
             try:
                 self.netlink.teardown()
