@@ -54,6 +54,7 @@ from publisher.lab import (  # noqa: E402
 )
 
 TUN = "nat64"
+INTERVAL = "0.02"
 
 
 @dataclass
@@ -182,7 +183,7 @@ def iperf(net: HomeRouterLab, seconds: int, reverse: bool = False, udp: bool = F
 
 def ping_median_ms(net: HomeRouterLab, dst: str, count: int = 50) -> float:
     out = net.client.run(
-        ["ping", "-6", "-c", str(count), "-i", "0.02", dst], check=False, timeout=count + 10
+        ["ping", "-6", "-c", str(count), "-i", INTERVAL, dst], check=False, timeout=count + 10
     ).stdout
     rtts = [
         float(line.split("time=")[1].split()[0]) for line in out.splitlines() if "time=" in line
