@@ -139,7 +139,8 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         dst6 = lease.v6
         ddelta = lease.delta
     else:
-        mdst = tables.lookup4(dst4)
+        # A pool4 address without an active lease names nobody, whatever the prefix says.
+        mdst = None if tr.pool.contains4(dst4) else tables.lookup4(dst4)
         if mdst is None:
             return tr.error4(pkt[:total], now, 3, 1, 0, DropReason.NO_MAPPING, index, is_error)
         if mdst[2] >= 0:
