@@ -248,6 +248,8 @@ def _map_inner4(tr: Translator, a4: bytes) -> tuple[bytes, int] | None:
     lease = tr.pool.peek4(a4)
     if lease is not None:
         return lease.v6, lease.delta
+    if tr.pool.contains4(a4):
+        return None
     m = tr.tables.lookup4(a4)
     if m is not None:
         return m[0], m[1]
