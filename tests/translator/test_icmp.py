@@ -101,8 +101,6 @@ def icmp4_error_from(tr, itype, code, rest=b"\x00\x00\x00\x00", inner=None, src=
     if inner is None:
         inner = IP(src=pool4, dst=CAM4, ttl=62) / UDP(sport=1000, dport=2000) / Raw(b"hello")
     msg = bytes([itype, code, 0, 0]) + rest + bytes(inner)
-    csum = ICMP(msg).chksum  # placeholder value; recompute properly below
-    msg = msg[:2] + b"\x00\x00" + msg[4:]
     csum = _csum(msg)
     msg = msg[:2] + struct.pack("!H", csum) + msg[4:]
     return bytes(IP(src=src, dst=pool4, proto=1) / Raw(msg))
@@ -219,8 +217,7 @@ def test_icmp4_error_inner_tcp_and_echo(tr):
     assert_checksums(v.packets[0])
     inner = IP(src=pool4, dst=CAM4) / ICMP(type=8, id=1, seq=2) / Raw(b"echo!")
     v = tr.translate(icmp4_error_from(tr, 11, 0, inner=inner), 2.0)
-    out = assert_checksums(v.packets[0])
-    assert out[ICMPv6EchoRequest].data == b"echo!" if ICMPv6EchoRequest in out else True
+    assert_checksums(v.packets[0])
     _, msg = check_icmp6(v.packets[0])
     quoted = msg[8 + 40 :]
     assert quoted[0] == 128
@@ -332,9 +329,9 @@ def test_icmp6_error_drops(tr):
     assert tr.translate(icmp6_error_from(tr, 1, 4, inner=stranger), 2.0).reason == (
         DropReason.ICMP_INNER_UNTRANSLATABLE
     )
-    v = tr.translate(
-        bytes(IPv6(icmp6_error_from(tr, 1, 4)))[:7] + b"\x01" + icmp6_error_from(tr, 1, 4)[8:], 2.0
-    )
+    hop1 = bytearray(icmp6_error_from(tr, 1, 4))
+    hop1[7] = 1
+    v = tr.translate(bytes(hop1), 2.0)
     assert (v.action, v.reason) == (Action.DROP, DropReason.HOP_LIMIT_EXCEEDED)
 
 
