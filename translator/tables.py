@@ -115,11 +115,13 @@ def _net4(value: NetLike4, where: str) -> ipaddress.IPv4Network:
 
 def _check_overlap(nets: Sequence[tuple[int, int, int]], family: str) -> None:
     """``nets`` holds (first, last, index); raise on the first overlapping pair."""
-    ordered = sorted(nets)
-    for (_f1, l1, i1), (f2, _l2, i2) in zip(ordered, ordered[1:]):
-        if f2 <= l1:
-            a, b = sorted((i1, i2))
+    reach, owner = -1, -1  # highest address covered so far, and by which entry
+    for first, last, index in sorted(nets):
+        if first <= reach:
+            a, b = sorted((owner, index))
             raise ValueError(f"eam[{b}]: {family} side overlaps eam[{a}]")
+        if last > reach:
+            reach, owner = last, index
 
 
 class Tables:
