@@ -269,3 +269,13 @@ def test_trailing_bytes_trimmed(tr):
     raw = bytes(IP(src=CAM4, dst=pool4) / UDP() / Raw(b"abc")) + b"\x00" * 6
     o = one(tr.translate(raw, 2.0))
     assert o[IPv6].plen == 11
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [("127.0.0.1", None), (CAM4, "224.0.0.1"), (CAM4, "255.255.255.255")]
+)
+def test_martians(tr, src, dst):
+    pool4 = lease(tr)
+    v = tx(tr, IP(src=src, dst=dst or pool4) / UDP())
+    assert v.action == Action.DROP
+    assert v.reason == (DropReason.SPOOFED_SOURCE if dst is None else DropReason.NO_MAPPING)

@@ -201,3 +201,14 @@ def test_settings_validation(kwargs, message):
     base.update(kwargs)
     with pytest.raises(ValueError, match=message):
         TranslatorSettings(**base)
+
+
+@pytest.mark.parametrize(
+    "v4", ["0.1.2.3", "127.0.0.1", "224.0.0.1", "239.1.1.1", "255.255.255.255"]
+)
+def test_prefix_never_embeds_martians(v4):
+    t = Tables.build(prefix="2001:db8:100::/40")
+    a4 = ipaddress.IPv4Address(v4).packed
+    assert t.embed(a4) is None and t.lookup4(a4) is None
+    raw = Tables.build(prefix="2001:db8:122:344::/96")
+    assert raw.lookup6(p6(f"2001:db8:122:344::{v4}")) is None
