@@ -123,7 +123,7 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         # RFC 7915 §4.1: unexpired source route -> Destination Unreachable code 5.
         return tr.error4(pkt[:total], now, 3, 5, 0, DropReason.SOURCE_ROUTE, -1, is_error)
 
-    tables = tr.tables
+    tables = tr._tables
     msrc = tables.lookup4(src4)
     if msrc is not None:
         src6, sdelta, index = msrc
@@ -250,7 +250,7 @@ def _map_inner4(tr: Translator, a4: bytes) -> tuple[bytes, int] | None:
         return lease.v6, lease.delta
     if tr.pool.contains4(a4):
         return None
-    m = tr.tables.lookup4(a4)
+    m = tr._tables.lookup4(a4)
     if m is not None:
         return m[0], m[1]
     return None

@@ -212,3 +212,25 @@ def test_prefix_never_embeds_martians(v4):
     assert t.embed(a4) is None and t.lookup4(a4) is None
     raw = Tables.build(prefix="2001:db8:122:344::/96")
     assert raw.lookup6(p6(f"2001:db8:122:344::{v4}")) is None
+
+
+def test_table_swap_releases_leases_the_new_tables_map(tr):
+    v = tr.translate(bytes(IPv6(src=CLIENT6, dst="2001:db8:200::50") / UDP()), 1.0)
+    assert assert_checksums(v.packets[0])[IP].src == "198.51.100.2"
+    tr.tables = Tables.build(
+        eam=[("2001:db8:200::50/128", "192.0.2.50/32"), (f"{CLIENT6}/128", "192.0.2.99/32")]
+    )
+    assert tr.pool.in_use == 0
+    v = tr.translate(bytes(IPv6(src=CLIENT6, dst="2001:db8:200::50") / UDP()), 2.0)
+    assert assert_checksums(v.packets[0])[IP].src == "192.0.2.99"
+
+
+def test_rfc6791_pool_spreads_and_is_stable():
+    tr = make_translator(rfc6791_pool4=("203.0.113.0/29", "192.0.2.200/32"))
+    picks = {
+        tr.rfc6791_address(ipaddress.IPv6Address(f"2001:db8:9::{i:x}").packed) for i in range(64)
+    }
+    allowed = {f"203.0.113.{i}" for i in range(1, 7)} | {"192.0.2.200"}
+    assert {str(ipaddress.IPv4Address(p)) for p in picks} == allowed
+    a = ipaddress.IPv6Address("2001:db8:9::1").packed
+    assert tr.rfc6791_address(a) == tr.rfc6791_address(a)
