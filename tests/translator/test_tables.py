@@ -215,13 +215,14 @@ def test_prefix_never_embeds_martians(v4):
 
 
 def test_table_swap_releases_leases_the_new_tables_map(tr):
-    v = tr.translate(bytes(IPv6(src=CLIENT6, dst="2001:db8:200::50") / UDP()), 1.0)
+    client = "2001:db8:ffff::c000:263"  # 192.0.2.99 under 2001:db8:ffff::/96
+    v = tr.translate(bytes(IPv6(src=client, dst="2001:db8:200::50") / UDP()), 1.0)
     assert assert_checksums(v.packets[0])[IP].src == "198.51.100.2"
     tr.tables = Tables.build(
-        eam=[("2001:db8:200::50/128", "192.0.2.50/32"), (f"{CLIENT6}/128", "192.0.2.99/32")]
+        eam=[("2001:db8:200::50/128", "192.0.2.50/32")], prefix="2001:db8:ffff::/96"
     )
     assert tr.pool.in_use == 0
-    v = tr.translate(bytes(IPv6(src=CLIENT6, dst="2001:db8:200::50") / UDP()), 2.0)
+    v = tr.translate(bytes(IPv6(src=client, dst="2001:db8:200::50") / UDP()), 2.0)
     assert assert_checksums(v.packets[0])[IP].src == "192.0.2.99"
 
 
