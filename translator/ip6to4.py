@@ -182,6 +182,10 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     dst4, ddelta, index = mdst
     if index < 0 and tr.pool.contains4(dst4):  # EAM entries never overlap pool4
         return drop(DropReason.HAIRPIN, index)
+    if proto == PROTO_ICMPV6 and not is_error and payload[0] not in ECHO_6_TO_4:
+        # RFC 7915 §5.2: only Echo Request/Reply have IPv4 equivalents; MLD, ND and
+        # unknown informational messages are silently dropped (before any lease).
+        return drop(DropReason.UNSUPPORTED_ICMP, index)
     if hlim <= 1:
         # RFC 7915 §5.1 Hop Limit: the translator is a router (RFC 4443 §3.3 code 0).
         return tr.error6(
@@ -234,12 +238,9 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
                 payload = payload[:6] + U16.pack(c) + payload[8:]
         elif proto == PROTO_ICMPV6:
             # RFC 7915 §5.2: Echo Request/Reply (128/129) -> 8/0; the checksum loses the
-            # pseudo-header and takes the type change.  Everything else informational
-            # (MLD, ND, unknown) has no IPv4 meaning: silently dropped.
+            # pseudo-header and takes the type change.
             t = payload[0]
-            t4 = ECHO_6_TO_4.get(t)
-            if t4 is None:
-                return drop(DropReason.UNSUPPORTED_ICMP, index)
+            t4 = ECHO_6_TO_4[t]
             pseudo = fold(ones_sum(src6 + dst6) + len(payload) + PROTO_ICMPV6)
             c = adjust(U16.unpack_from(payload, 2)[0], add(neg(pseudo), add(t4 << 8, neg(t << 8))))
             payload = bytes((t4, payload[1])) + U16.pack(c) + payload[4:]
