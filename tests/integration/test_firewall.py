@@ -338,3 +338,29 @@ def test_iptables_traffic_follows_the_allow_lists(fwlab: FirewallLab, ipt: Iptab
     after = ipt.drop_counters()
     assert after["cam"][0] >= before["cam"][0] + 3
     assert after["nas"][0] >= before["nas"][0] + 2
+
+
+def test_openwrt_fw4_snippet_lets_vetted_traffic_through_a_dropping_fw4(
+    fwlab: FirewallLab, nft: NftablesBackend, tmp_path: Path
+) -> None:
+    """contrib/openwrt/fw4-revnat64.nft inside an fw4-like forward chain whose policy is drop."""
+    snippet = (ROOT / "contrib" / "openwrt" / "fw4-revnat64.nft").read_text(encoding="utf-8")
+    included = tmp_path / "30-revnat64.nft"
+    included.write_text(snippet.replace('"revnat64"', '"rn64t0"'), encoding="utf-8")
+    fw4 = f"""table inet fw4 {{
+	chain forward {{
+		type filter hook forward priority filter; policy drop;
+		include "{included}"
+		ct state established,related accept
+	}}
+}}
+"""
+    fwlab.router.run(["nft", "-f", "-"], input=fw4)
+    try:
+        check(fwlab, "client", [(tcp(CAM6, 80), True), (ping(CAM6), True), (tcp(CAM6, 22), False)])
+        results = fwlab.probe(
+            fwlab.dev6, [tcp(CAM4, 80, POOL_CLIENT4), tcp(UNMAPPED4, 80, POOL_CLIENT4)]
+        )
+        assert results == [f"ok 80 {POOL_CLIENT4}", None]
+    finally:
+        fwlab.router.run(["nft", "delete", "table", "inet", "fw4"], check=False)
