@@ -101,6 +101,7 @@ class Mapping:
     hostname: str = ""
     masquerade: bool = False
     rate_limit: str | None = None
+    allow_given: bool = True  # False: no allow list, so only ICMP echo is exposed
 
     @property
     def is_range(self) -> bool:
@@ -558,7 +559,19 @@ def _parse_mapping(r: _Reader, node: Any, path: str) -> Mapping | None:
         return None
     if name is None or v6 is None or v4 is None or hostname is None or masq is None:
         return None
-    return Mapping(name, v6, v4, allow, sources, hostname, masq, rate)
+    # No allow list exposes ICMP echo only: reachable enough to test, nothing more.
+    given = "allow" in d and d["allow"] is not None and bool(allow)
+    return Mapping(
+        name,
+        v6,
+        v4,
+        allow if given else (AllowRule("icmp"),),
+        sources,
+        hostname,
+        masq,
+        rate,
+        allow_given=given,
+    )
 
 
 def _parse_mappings(r: _Reader, node: Any) -> tuple[Mapping, ...]:
@@ -811,7 +824,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """Legal but probably unwanted settings; ``check`` prints these."""
     out = []
     for i, m in enumerate(cfg.mappings):
-        if not m.allow:
+        if not m.allow_given:
             out.append(f"{cfg.path}: mappings[{i}].allow: empty; {m.name!r} exposes only ICMP echo")
     if not cfg.firewall.enabled:
         out.append(

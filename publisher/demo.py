@@ -280,6 +280,15 @@ def _demo(lab: Lab, tmp: Path, keep: bool, started: float) -> int:
     summary = [line for line in ping.stdout.splitlines() if "transmitted" in line]
     print(f"  ping6 {DEVICE6}: {summary[0] if summary else ping.stdout.strip()}")
 
+    if cfg.firewall.enabled:
+        code = (
+            "import socket\ntry:\n"
+            f"    socket.create_connection(('{DEVICE6}', 22), timeout=1)\n    print('open')\n"
+            "except OSError as e:\n    print('blocked' if isinstance(e, TimeoutError) else e)\n"
+        )
+        probe = client.run([sys.executable, "-c", code], check=False).stdout.strip()
+        print(f"  tcp/22 (not in the allow list): {probe} by the firewall")
+
     _step("The DNS record revnat64 would publish (revnat64 dns --format zone)")
     from publisher.dns_records import build_records, render
 
