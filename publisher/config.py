@@ -42,6 +42,10 @@ __all__ = [
     "parse_config",
 ]
 
+# libyaml's loader parses a 10,000-mapping file ten times faster, in a fraction of the
+# memory; the pure-Python one is the fallback where PyYAML was built without it.
+SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # RFC 6052 section 2.2: the only legal prefix lengths.
 RFC6052_LENGTHS = frozenset({32, 40, 48, 56, 64, 96})
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
@@ -809,7 +813,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config_text(text: str, file: str = "<config>") -> Config:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

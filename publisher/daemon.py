@@ -32,8 +32,9 @@ from typing import Any
 
 from publisher import sdnotify
 from publisher.config import Config, ConfigError, load_config
+from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, plan
-from publisher.worker import Plane, WorkerHandle, plane_from_config
+from publisher.worker import Plane, WorkerHandle, plane_from_config, trim_memory
 from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
@@ -41,43 +42,6 @@ log = logging.getLogger("revnat64")
 
 class StartupError(RuntimeError):
     """The daemon cannot start; the message says what failed on which object."""
-
-
-# -- logging --------------------------------------------------------------------
-
-_SYSLOG_PRIORITY = {
-    logging.DEBUG: 7,
-    logging.INFO: 6,
-    logging.WARNING: 4,
-    logging.ERROR: 3,
-    logging.CRITICAL: 2,
-}
-
-
-class JournalFormatter(logging.Formatter):
-    """``<6>message`` under journald (it reads the priority prefix), timestamps elsewhere."""
-
-    def __init__(self, journal: bool) -> None:
-        super().__init__()
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        if self.journal:
-            return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        return f"{stamp} {record.levelname.lower():7} {text}"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 def validated_plane(cfg: Config) -> Plane:
@@ -112,6 +76,8 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        # Fork the data-plane worker first, while this process is still small.
+        self.worker = WorkerHandle()
         cfg = load_config(self.config_path)  # ConfigError propagates to the CLI
         setup_logging(self.log_level_override or cfg.daemon.log_level)
         try:
@@ -135,10 +101,10 @@ class Daemon:
             log.info("TUN offloads: %s", describe_offloads(self.offloads))
         self.netlink.bring_up_tun(cfg.translator.mtu)
         self._apply_network(cfg)
-        # Fork before any thread exists; the worker inherits the TUN fd.
-        self.worker = WorkerHandle(self.fd, self.offloads, self.plane)
+        self.worker.start(self.fd, self.offloads, self.plane, logging.getLogger().level)
         os.close(self.fd)  # the worker owns it now; the device lives while it is open there
         self.fd = -1
+        trim_memory()
         self._apply_firewall(cfg)
         self.last_reload = time.time()
         self._start_services(cfg)

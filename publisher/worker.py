@@ -359,10 +359,43 @@ class Worker:
         self.stopping = True
 
 
-class WorkerHandle:
-    """The supervisor's side: fork the worker, talk to it, stop it."""
+def worker_main(channel: socket.socket) -> int:
+    """The child's entry: receive the TUN fd and the first plane, then serve."""
+    _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+    if not fds:
+        return 1
+    message = recv_message(channel)
+    if message[0] != "init":
+        return 1
+    _, plane, offloads, level = message
+    from publisher.logs import setup_logging
 
-    def __init__(self, fd: int, offloads: int, plane: Plane) -> None:
+    setup_logging(logging.getLevelName(level))
+    trim_memory()
+    return Worker(fds[0], offloads, plane, channel).serve_forever()
+
+
+def trim_memory() -> None:
+    """Hand freed heap back to the kernel (glibc keeps it otherwise); best effort."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class WorkerHandle:
+    """The supervisor's side: fork the worker early, hand it the TUN, talk to it, stop it.
+
+    The fork happens before the supervisor loads the config or imports
+    pyroute2, so the worker does not carry the control plane's memory: the
+    TUN fd follows later over the socketpair (SCM_RIGHTS).
+    """
+
+    def __init__(self) -> None:
         import threading
 
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -371,7 +404,7 @@ class WorkerHandle:
             status = 1
             try:
                 parent.close()
-                status = Worker(fd, offloads, plane, child).serve_forever()
+                status = worker_main(child)
             except BaseException:
                 log.exception("worker failed")
             finally:
@@ -380,7 +413,14 @@ class WorkerHandle:
         self.pid = pid
         self.channel = parent
         self.lock = threading.Lock()
-        self.channel.settimeout(30)
+
+    def start(
+        self, fd: int, offloads: int, plane: Plane, level: int, timeout: float = 60.0
+    ) -> None:
+        """Give the worker the TUN fd and its first plane; wait until it serves."""
+        self.channel.settimeout(timeout)
+        socket.send_fds(self.channel, [b"F"], [fd])
+        send_message(self.channel, ("init", plane, offloads, level))
         hello = recv_message(self.channel)
         if hello[0] != "ready":
             raise RuntimeError(f"worker sent {hello!r} instead of ready")

@@ -36,6 +36,7 @@ def test_demo_publishes_the_camera_and_cleans_up() -> None:
     assert "as 198.51.100." in out  # the camera saw a pool4 address
     assert "frontdoor.cam.example.org.\t300\tIN\tAAAA\t2001:db8:200::50" in out
     assert "frontdoor-cam" in out.split("revnat64 status")[1]  # counters from the daemon
+    assert "tcp/22 (not in the allow list): blocked by the firewall" in out
     assert "exited with status 0; TUN devices left behind: 0" in out
     assert elapsed < 60
     assert set(_demo_namespaces()) == before
