@@ -109,9 +109,7 @@ def test_offloads_off_still_translates(lab: Lab, tmp_path: Path) -> None:
         d.start()
         assert "TUN offloads" not in d.logs()
         expected = serve_http(d, 1024 * 1024)
-        sizes = tun_packet_sizes(
-            d, lambda: download_sha(d, f"http://[{DEVICE6}]:8080/blob")
-        )
+        sizes = tun_packet_sizes(d, lambda: download_sha(d, f"http://[{DEVICE6}]:8080/blob"))
         assert max(sizes) <= 1500
         assert download_sha(d, f"http://[{DEVICE6}]:8080/blob") == expected
         assert_no_checksum_errors(d)

@@ -117,9 +117,18 @@ def test_tcpv4_superpacket_becomes_tcpv6_superpacket_with_valid_seed() -> None:
     assert_valid_l4(completed(hdr, out))
 
 
-def test_plain_partial_udp_keeps_checksum_partial() -> None:
+def test_small_partial_udp_is_finished_in_software() -> None:
     pkt = partial(
         raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=5353, dport=7) / Raw(b"hi" * 50)), 40, 6
+    )
+    [(hdr, out)] = translate_with_offload(pkt, vnet(GSO_NONE, 40, 6))
+    assert hdr == NO_VNET
+    assert_valid_l4(out)
+
+
+def test_large_partial_udp_keeps_checksum_partial() -> None:
+    pkt = partial(
+        raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=5353, dport=7) / Raw(b"hi" * 500)), 40, 6
     )
     [(hdr, out)] = translate_with_offload(pkt, vnet(GSO_NONE, 40, 6))
     assert VNET_HDR.unpack(hdr)[0] == F_NEEDS_CSUM and VNET_HDR.unpack(hdr)[4] == 20
