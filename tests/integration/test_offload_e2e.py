@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from tests.integration.test_daemon_e2e import assert_no_checksum_errors, downloa
 from tests.netlab import DEVICE6, Lab
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def dlab(lab: Lab, tmp_path: Path) -> Iterator[DaemonLab]:
-    d = DaemonLab(lab, tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def tun_packet_sizes(d: DaemonLab, action: object) -> list[int]:
