@@ -114,6 +114,7 @@ class TranslatorSection:
     ipv6_address: IPv6Address
     pool4: IPv4Network
     prefix: IPv6Network | None = None
+    publish_prefix: IPv6Network | None = None
     rfc6791_pool4: tuple[IPv4Network, ...] = ()
     mtu: int = 1500
     lowest_ipv6_mtu: int = 1280
@@ -454,6 +455,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
             "ipv6_address",
             "pool4",
             "prefix",
+            "publish_prefix",
             "rfc6791_pool4",
             "mtu",
             "lowest_ipv6_mtu",
@@ -474,6 +476,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
     v6 = r.get(d, p, "ipv6_address", _ipv6_address)
     pool4 = r.get(d, p, "pool4", _ipv4_network)
     prefix = r.get(d, p, "prefix", _ipv6_network, None)
+    publish_prefix = r.get(d, p, "publish_prefix", _ipv6_network, None)
     rfc6791 = _list_of(r, d, p, "rfc6791_pool4", _ipv4_network)
     mtu = r.get(d, p, "mtu", _int_in(1280, 65535), 1500)
     lowest = r.get(d, p, "lowest_ipv6_mtu", _int_in(1280, 65535), 1280)
@@ -506,6 +509,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         ipv6_address=v6,  # type: ignore[arg-type]
         pool4=pool4,  # type: ignore[arg-type]
         prefix=prefix,
+        publish_prefix=publish_prefix,
         rfc6791_pool4=rfc6791,
         mtu=mtu,  # type: ignore[arg-type]
         lowest_ipv6_mtu=lowest,  # type: ignore[arg-type]

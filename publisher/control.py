@@ -71,6 +71,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _UnixServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = 64  # socketserver's 5 refuses bursts (EAGAIN on AF_UNIX connect)
     owner: ControlServer
 
     def server_bind(self) -> None:
