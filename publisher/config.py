@@ -42,6 +42,10 @@ __all__ = [
     "parse_config",
 ]
 
+# libyaml's loader parses a 10,000-mapping file ten times faster, in a fraction of the
+# memory; the pure-Python one is the fallback where PyYAML was built without it.
+SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # RFC 6052 section 2.2: the only legal prefix lengths.
 RFC6052_LENGTHS = frozenset({32, 40, 48, 56, 64, 96})
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
@@ -101,6 +105,7 @@ class Mapping:
     hostname: str = ""
     masquerade: bool = False
     rate_limit: str | None = None
+    allow_given: bool = True  # False: no allow list, so only ICMP echo is exposed
 
     @property
     def is_range(self) -> bool:
@@ -558,7 +563,19 @@ def _parse_mapping(r: _Reader, node: Any, path: str) -> Mapping | None:
         return None
     if name is None or v6 is None or v4 is None or hostname is None or masq is None:
         return None
-    return Mapping(name, v6, v4, allow, sources, hostname, masq, rate)
+    # No allow list exposes ICMP echo only: reachable enough to test, nothing more.
+    given = "allow" in d and d["allow"] is not None and bool(allow)
+    return Mapping(
+        name,
+        v6,
+        v4,
+        allow if given else (AllowRule("icmp"),),
+        sources,
+        hostname,
+        masq,
+        rate,
+        allow_given=given,
+    )
 
 
 def _parse_mappings(r: _Reader, node: Any) -> tuple[Mapping, ...]:
@@ -796,7 +813,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config_text(text: str, file: str = "<config>") -> Config:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -811,7 +828,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """Legal but probably unwanted settings; ``check`` prints these."""
     out = []
     for i, m in enumerate(cfg.mappings):
-        if not m.allow:
+        if not m.allow_given:
             out.append(f"{cfg.path}: mappings[{i}].allow: empty; {m.name!r} exposes only ICMP echo")
     if not cfg.firewall.enabled:
         out.append(

@@ -14,7 +14,6 @@ and the daemon's counters.  Then it tears everything down, unless ``--keep``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -175,6 +174,8 @@ def cleanup_leftovers() -> int:
     time.sleep(1.0 if ours else 0)
     for name in ours:
         run(["ip", "netns", "del", name], check=False)
+    for tmp in Path(tempfile.gettempdir()).glob("revnat64-demo-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"removed {len(ours)} demo namespace(s)")
     return 0
 
@@ -279,10 +280,21 @@ def _demo(lab: Lab, tmp: Path, keep: bool, started: float) -> int:
     summary = [line for line in ping.stdout.splitlines() if "transmitted" in line]
     print(f"  ping6 {DEVICE6}: {summary[0] if summary else ping.stdout.strip()}")
 
+    if cfg.firewall.enabled:
+        code = (
+            "import socket\ntry:\n"
+            f"    socket.create_connection(('{DEVICE6}', 22), timeout=1)\n    print('open')\n"
+            "except OSError as e:\n    print('blocked' if isinstance(e, TimeoutError) else e)\n"
+        )
+        probe = client.run([sys.executable, "-c", code], check=False).stdout.strip()
+        print(f"  tcp/22 (not in the allow list): {probe} by the firewall")
+
     _step("The DNS record revnat64 would publish (revnat64 dns --format zone)")
-    mapping = cfg.mappings[0]
-    print(f"  {cfg.fqdn(mapping)} {cfg.dns.ttl} IN AAAA {mapping.ipv6.network_address}")
-    _show_status(router, cfg.daemon.control_socket)
+    from publisher.dns_records import build_records, render
+
+    zone = render(build_records(cfg), "zone")
+    print(textwrap.indent("\n".join(ln for ln in zone.splitlines() if "AAAA" in ln.split()), "  "))
+    _show_status(router, config_path)
 
     elapsed = time.monotonic() - started
     if keep:
@@ -307,28 +319,13 @@ def _demo(lab: Lab, tmp: Path, keep: bool, started: float) -> int:
     return 0 if status == 0 and leftovers == 0 else 1
 
 
-def _show_status(router: Any, control_socket: str) -> None:
-    """The daemon's own counters, through its control socket when that is available."""
-    try:
-        from publisher.control import request
-    except ImportError:
-        return
-    code = (
-        "import sys\nfrom publisher.control import request\n"
-        f"print(request({control_socket!r}, 'status'))\n"
-    )
+def _show_status(router: Any, config_path: Path) -> None:
+    """The daemon's own view, exactly as ``revnat64 status`` prints it."""
     proc = subprocess.run(
-        router.argv([sys.executable, "-c", code]), capture_output=True, text=True, timeout=10
+        router.argv([sys.executable, "-m", "publisher.cli", "status", "-c", str(config_path)]),
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
-    if proc.returncode != 0:
-        return
-    try:
-        snap = json.loads(proc.stdout)
-    except ValueError:
-        return
-    _step("Counters from the daemon (revnat64 status)")
-    for (name, direction), value in sorted(
-        (tuple(k.split("|")), v) for k, v in snap.get("packets", {}).items()
-    ):
-        print(f"  {name:16} {direction}: {value} packets")
-    _ = request
+    _step("The daemon's own counters (revnat64 status)")
+    print(textwrap.indent((proc.stdout or proc.stderr).rstrip(), "  "))

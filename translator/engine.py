@@ -114,6 +114,9 @@ class Translator:
         if clash >= 0:
             raise ValueError(f"eam[{clash}]: IPv4 side overlaps pool4 {self.pool.network}")
         self._tables = new
+        # Clients the new tables map (EAM or prefix) must not keep a pool lease: the
+        # tables take precedence, and 6->4 probes the lease table first.
+        self.pool.release_if(lambda v6: new.lookup6(v6) is not None)
 
     def translate(self, packet: bytes, now: float) -> Verdict:
         """Translate one packet read from the TUN; never raises."""

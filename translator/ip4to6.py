@@ -123,7 +123,7 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         # RFC 7915 §4.1: unexpired source route -> Destination Unreachable code 5.
         return tr.error4(pkt[:total], now, 3, 5, 0, DropReason.SOURCE_ROUTE, -1, is_error)
 
-    tables = tr.tables
+    tables = tr._tables
     msrc = tables.lookup4(src4)
     if msrc is not None:
         src6, sdelta, index = msrc
@@ -139,7 +139,8 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         dst6 = lease.v6
         ddelta = lease.delta
     else:
-        mdst = tables.lookup4(dst4)
+        # A pool4 address without an active lease names nobody, whatever the prefix says.
+        mdst = None if tr.pool.contains4(dst4) else tables.lookup4(dst4)
         if mdst is None:
             return tr.error4(pkt[:total], now, 3, 1, 0, DropReason.NO_MAPPING, index, is_error)
         if mdst[2] >= 0:
@@ -247,7 +248,9 @@ def _map_inner4(tr: Translator, a4: bytes) -> tuple[bytes, int] | None:
     lease = tr.pool.peek4(a4)
     if lease is not None:
         return lease.v6, lease.delta
-    m = tr.tables.lookup4(a4)
+    if tr.pool.contains4(a4):
+        return None
+    m = tr._tables.lookup4(a4)
     if m is not None:
         return m[0], m[1]
     return None

@@ -86,6 +86,7 @@ MIN_REPORTED_MTU4 = 1260
 
 _FORWARD = Action.FORWARD
 _NONE = DropReason.NONE
+_EXTENSIONS = IPV6_SKIPPED_EXTENSIONS | {PROTO_FRAGMENT}
 
 
 def acceptable_source6(a6: bytes) -> bool:
@@ -142,7 +143,11 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     end = 40 + plen
     if plen == 0 or end > len(pkt):  # plen 0: jumbogram or empty, neither translatable
         return DROP_MALFORMED
-    proto, off, frag, fident, segments_left = walk_extensions(pkt, end)
+    proto = pkt[6]
+    if proto in _EXTENSIONS:
+        proto, off, frag, fident, segments_left = walk_extensions(pkt, end)
+    else:  # no extension headers: the common case skips the walk
+        off, frag, fident, segments_left = 40, -1, 0, -1
     if segments_left >= 0:
         # RFC 7915 §5.1: Routing header with Segments Left != 0 -> Parameter Problem
         # code 0 pointing at the Segments Left field.
@@ -167,7 +172,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     elif proto == PROTO_ICMP:
         return drop(DropReason.UNSUPPORTED_PROTOCOL)
 
-    tables = tr.tables
+    tables = tr._tables
     mdst = tables.lookup6(dst6)
     if mdst is None:
         # RFC 7915 §5.4 / RFC 4443 §3.1 code 3: no IPv4 form for this destination.
@@ -175,8 +180,12 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
             pkt[:end], now, ICMP6_DEST_UNREACH, 3, 0, DropReason.NO_MAPPING, -1, is_error
         )
     dst4, ddelta, index = mdst
-    if tr.pool.contains4(dst4):
+    if index < 0 and tr.pool.contains4(dst4):  # EAM entries never overlap pool4
         return drop(DropReason.HAIRPIN, index)
+    if proto == PROTO_ICMPV6 and not is_error and payload[0] not in ECHO_6_TO_4:
+        # RFC 7915 §5.2: only Echo Request/Reply have IPv4 equivalents; MLD, ND and
+        # unknown informational messages are silently dropped (before any lease).
+        return drop(DropReason.UNSUPPORTED_ICMP, index)
     if hlim <= 1:
         # RFC 7915 §5.1 Hop Limit: the translator is a router (RFC 4443 §3.3 code 0).
         return tr.error6(
@@ -192,25 +201,29 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     if is_error:
         return translate_icmp6_error(tr, pkt, payload, src6, dst6, dst4, index, hlim, vtcfl)
 
-    msrc = tables.lookup6(src6)
-    if msrc is not None:
-        src4, sdelta, sindex = msrc
-        if sindex >= 0 and index >= 0:
-            return drop(DropReason.SPOOFED_SOURCE, index)
+    # The lease table is probed first: it is the common case (internet clients) and
+    # cannot disagree with the tables, because a table swap releases every lease the
+    # new tables map (Translator.tables setter), so EAM -> prefix -> pool still holds.
+    lease = tr.pool.lookup6(src6, now)
+    if lease is not None:
+        src4 = lease.v4
+        sdelta = lease.delta
     else:
-        lease = tr.pool.lookup6(src6, now)
-        if lease is None:
+        msrc = tables.lookup6(src6)
+        if msrc is not None:
+            src4, sdelta, sindex = msrc
+            if sindex >= 0 and index >= 0:
+                return drop(DropReason.SPOOFED_SOURCE, index)
+        else:
             if not acceptable_source6(src6):
                 return drop(DropReason.SPOOFED_SOURCE, index)
             got = tr.pool.allocate(src6, now)
-            if not isinstance(got, DropReason):
-                lease = got
-            elif got is DropReason.POOL_EXHAUSTED:
+            if got is DropReason.POOL_EXHAUSTED:
                 return tr.error6(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
-            else:
+            if isinstance(got, DropReason):
                 return tr.error6(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
-        src4 = lease.v4
-        sdelta = lease.delta
+            src4 = got.v4
+            sdelta = got.delta
 
     proto4 = proto
     if first:
@@ -225,12 +238,9 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
                 payload = payload[:6] + U16.pack(c) + payload[8:]
         elif proto == PROTO_ICMPV6:
             # RFC 7915 §5.2: Echo Request/Reply (128/129) -> 8/0; the checksum loses the
-            # pseudo-header and takes the type change.  Everything else informational
-            # (MLD, ND, unknown) has no IPv4 meaning: silently dropped.
+            # pseudo-header and takes the type change.
             t = payload[0]
-            t4 = ECHO_6_TO_4.get(t)
-            if t4 is None:
-                return drop(DropReason.UNSUPPORTED_ICMP, index)
+            t4 = ECHO_6_TO_4[t]
             pseudo = fold(ones_sum(src6 + dst6) + len(payload) + PROTO_ICMPV6)
             c = adjust(U16.unpack_from(payload, 2)[0], add(neg(pseudo), add(t4 << 8, neg(t << 8))))
             payload = bytes((t4, payload[1])) + U16.pack(c) + payload[4:]
@@ -256,7 +266,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
 
 
 def _map_inner6(tr: Translator, a6: bytes) -> tuple[bytes, int] | None:
-    m = tr.tables.lookup6(a6)
+    m = tr._tables.lookup6(a6)
     if m is not None:
         return m[0], m[1]
     lease = tr.pool.peek6(a6)
@@ -367,7 +377,7 @@ def translate_icmp6_error(
     else:
         body = inner
 
-    m = tr.tables.lookup6(src6)
+    m = tr._tables.lookup6(src6)
     if m is not None:
         src4 = m[0]
     else:

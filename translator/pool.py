@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .checksum import delta as checksum_delta
 from .verdict import DropReason
@@ -173,6 +173,14 @@ class Pool4:
             freed += 1
         self.expired += freed
         return freed
+
+    def release_if(self, predicate: Callable[[bytes], bool]) -> int:
+        """Free every lease whose raw IPv6 address satisfies ``predicate`` (table reloads)."""
+        doomed = [le for le in self._by6.values() if predicate(le.v6)]
+        for lease in doomed:
+            self._remove(lease)
+            self._recycled.append(lease.v4)
+        return len(doomed)
 
     def leases(self) -> list[tuple[str, str, float]]:
         """(ipv6, ipv4, last_seen) of every lease, least recently used first."""

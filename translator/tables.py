@@ -20,7 +20,8 @@ over the RFC 6052 prefix (RFC 7757 §3.2).
 
 RFC 6052 decoding is strict: the u-octet (bits 64-71) and the suffix must be zero
 (RFC 6052 §2.2), otherwise the address is not treated as IPv4-embedded; this keeps
-one IPv4 address <-> one IPv6 address.  With the well-known prefix 64:ff9b::/96,
+one IPv4 address <-> one IPv6 address.  IPv4 addresses in 0/8, 127/8 and 224/4 and
+above are never embedded or extracted.  With the well-known prefix 64:ff9b::/96,
 non-global IPv4 addresses are refused per address at translation time (RFC 6052
 §3.1): such an address simply has no prefix mapping.
 """
@@ -65,6 +66,13 @@ _NON_GLOBAL_4 = tuple(
     )
 )
 _NON_GLOBAL_4_INT = tuple((int(n.network_address), int(n.netmask)) for n in _NON_GLOBAL_4)
+
+
+# First octets that are never a unicast peer across a translator: "this network"
+# (0/8), loopback (127/8), multicast (224/4) and reserved/broadcast (240/4).  The
+# prefix neither produces nor accepts them, whichever prefix is configured, so a
+# forged IPv6 source can never become 127.0.0.1 and multicast never leaks across.
+_NEVER_EMBEDDED = frozenset((0, 127, *range(224, 256)))
 
 
 def is_global4(a4: bytes) -> bool:
@@ -115,11 +123,13 @@ def _net4(value: NetLike4, where: str) -> ipaddress.IPv4Network:
 
 def _check_overlap(nets: Sequence[tuple[int, int, int]], family: str) -> None:
     """``nets`` holds (first, last, index); raise on the first overlapping pair."""
-    ordered = sorted(nets)
-    for (_f1, l1, i1), (f2, _l2, i2) in zip(ordered, ordered[1:]):
-        if f2 <= l1:
-            a, b = sorted((i1, i2))
+    reach, owner = -1, -1  # highest address covered so far, and by which entry
+    for first, last, index in sorted(nets):
+        if first <= reach:
+            a, b = sorted((owner, index))
             raise ValueError(f"eam[{b}]: {family} side overlaps eam[{a}]")
+        if last > reach:
+            reach, owner = last, index
 
 
 class Tables:
@@ -245,7 +255,7 @@ class Tables:
         """IPv4 -> IPv4-embedded IPv6 with the configured prefix, or None."""
         p = self._pkey
         n = self._plen
-        if n == 0 or (self._wkp and not is_global4(a4)):
+        if n == 0 or a4[0] in _NEVER_EMBEDDED or (self._wkp and not is_global4(a4)):
             return None
         if n == 96:
             return p + a4
@@ -272,7 +282,7 @@ class Tables:
             if a6[8] or any(a6[tail:]):
                 return None
             a4 = a6[n // 8 : 8] + a6[9:tail]
-        if self._wkp and not is_global4(a4):
+        if a4[0] in _NEVER_EMBEDDED or (self._wkp and not is_global4(a4)):
             return None
         return a4
 

@@ -18,9 +18,20 @@ import struct
 from dataclasses import dataclass, field
 
 from translator import Action, DropReason, Translator
+from translator.offload import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUN_F_TSO_ECN,
+    VNET_HDR_LEN,
+    finish,
+    gso_size_of,
+    prepare,
+)
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
@@ -43,17 +54,44 @@ ICMPV6_ERROR_NAMES = {
 }
 
 
-def open_tun(name: str, multi_queue: bool = False) -> int:
-    """Create (or attach to) TUN device ``name``: IFF_TUN, no packet-info header."""
+OFFLOAD_SETS = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    TUN_F_CSUM,
+)
+
+
+def open_tun(name: str, multi_queue: bool = False, offloads: bool = False) -> tuple[int, int]:
+    """Create (or attach to) TUN device ``name``: IFF_TUN, no packet-info header.
+
+    With ``offloads`` the device gets a virtio-net header and the richest
+    offload set the kernel accepts (it refuses masks it does not know).
+    Returns ``(fd, offload_flags)``; the flags are 0 when offloads are off.
+    """
     flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    if offloads:
+        flags |= IFF_VNET_HDR
     fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+        enabled = 0
+        if offloads:
+            for mask in OFFLOAD_SETS:
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, mask)
+                except OSError:
+                    continue
+                enabled = mask
+                break
     except OSError:
         os.close(fd)
         raise
+    if offloads and not enabled:
+        # No offload accepted: a virtio-net header would only cost; start over without.
+        os.close(fd)
+        return open_tun(name, multi_queue, offloads=False)
     os.set_blocking(fd, False)
-    return fd
+    return fd, enabled
 
 
 @dataclass
@@ -79,15 +117,49 @@ class Counters:
         self.dropped = [0] * (max(int(r) for r in DropReason) + 1)
 
 
-class DataPath:
-    """Reads, translates, writes and counts for one TUN queue."""
+def describe_offloads(mask: int) -> str:
+    names = [
+        n
+        for bit, n in (
+            (TUN_F_CSUM, "csum"),
+            (TUN_F_TSO4, "tso4"),
+            (TUN_F_TSO6, "tso6"),
+            (TUN_F_TSO_ECN, "tso_ecn"),
+        )
+        if mask & bit
+    ]
+    return ", ".join(names) if names else "none (the kernel refused them)"
 
-    def __init__(self, fd: int, translator: Translator, counters: Counters) -> None:
+
+class DataPath:
+    """Reads, translates, writes and counts for one TUN queue.
+
+    Two loops share the counting: :meth:`run_batch` for a plain TUN and
+    :meth:`run_batch_vnet` for one opened with a virtio-net header, where a
+    TCP super-packet goes through ``gso_translator`` (the same tables and pool,
+    but MTU rules lifted: the kernel segments it to the real MTU afterwards).
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        translator: Translator,
+        counters: Counters,
+        gso_translator: Translator | None = None,
+    ) -> None:
         self.fd = fd
         self.translator = translator
+        self.gso_translator = gso_translator
         self.counters = counters
+        self.run_batch = self.run_batch_plain
+        self.select_loop()
 
-    def run_batch(self, now: float) -> int:
+    def select_loop(self) -> None:
+        """Pick the loop that matches how the TUN was opened (after any translator swap)."""
+        vnet = self.gso_translator is not None
+        self.run_batch = self.run_batch_vnet if vnet else self.run_batch_plain
+
+    def run_batch_plain(self, now: float) -> int:
         """Drain up to BATCH_LIMIT packets; return how many were read (0: queue empty)."""
         fd = self.fd
         read = os.read
@@ -124,6 +196,66 @@ class DataPath:
                 if action is forward:
                     packets[direction][verdict[3]] += 1
                     nbytes[direction][verdict[3]] += len(out)
+            if action is not forward:
+                dropped[verdict[2]] += 1
+                self._count_icmp_error(verdict[1])
+        return count
+
+    def run_batch_vnet(self, now: float) -> int:
+        """Like :meth:`run_batch_plain`, with a virtio-net header on every read and write."""
+        fd = self.fd
+        read = os.read
+        writev = os.writev
+        translate = self.translator.translate
+        gso_translator = self.gso_translator
+        assert gso_translator is not None
+        translate_gso = gso_translator.translate
+        lowest = self.translator.lowest_ipv6_mtu
+        c = self.counters
+        packets, nbytes, dropped = c.packets, c.bytes, c.dropped
+        forward = Action.FORWARD
+        drop = Action.DROP
+        count = 0
+        while count < BATCH_LIMIT:
+            try:
+                data = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                c.read_errors += 1
+                break
+            count += 1
+            if len(data) <= VNET_HDR_LEN:
+                dropped[DropReason.MALFORMED] += 1
+                continue
+            vnet = data[:VNET_HDR_LEN]
+            pkt, csum_offset, gso = prepare(vnet, data[VNET_HDR_LEN:], lowest)
+            verdict = translate_gso(pkt, now) if gso else translate(pkt, now)
+            action = verdict[0]
+            if action is drop:
+                dropped[verdict[2]] += 1
+                continue
+            direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
+            gso_size = gso_size_of(vnet) if gso else 0
+            for out in verdict[1]:
+                hdr, body = finish(out, csum_offset if action is forward else 0, gso, gso_size)
+                try:
+                    writev(fd, (hdr, body))
+                except OSError as exc:
+                    c.write_errors += 1
+                    if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO):
+                        raise
+                    continue
+                if action is forward:
+                    if gso_size:
+                        # Count wire packets: the kernel cuts this into segments.
+                        hdr_len = hdr[2] | hdr[3] << 8
+                        segments = -(-(len(body) - hdr_len) // gso_size)
+                        packets[direction][verdict[3]] += segments
+                        nbytes[direction][verdict[3]] += len(body) + (segments - 1) * hdr_len
+                    else:
+                        packets[direction][verdict[3]] += 1
+                        nbytes[direction][verdict[3]] += len(body)
             if action is not forward:
                 dropped[verdict[2]] += 1
                 self._count_icmp_error(verdict[1])

@@ -274,7 +274,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_mapping_without_allow_exposes_only_echo_and_check_warns() -> None:
     doc = with_changes(mappings__0__allow=KeyError)
     cfg = parse_config(doc, "test.yaml")
-    assert cfg.mappings[0].allow == ()
+    assert [str(r) for r in cfg.mappings[0].allow] == ["icmp"]
     assert any("mappings[0].allow: empty" in w and "ICMP echo" in w for w in config_warnings(cfg))
 
 

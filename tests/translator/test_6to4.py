@@ -263,6 +263,7 @@ def test_informational_without_equivalent(tr, itype):
     raw = bytes(IPv6(src=CLIENT6, dst=CAM6, nh=58) / Raw(bytes([itype, 0, 0, 0, 0, 0, 0, 0])))
     v = tr.translate(raw, 1.0)
     assert (v.action, v.reason) == (Action.DROP, DropReason.UNSUPPORTED_ICMP)
+    assert tr.pool.in_use == 0  # no lease for a packet that is dropped anyway
 
 
 def test_icmpv4_over_ipv6_and_fragmented_icmpv6(tr):
