@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         config=False,
     )
     p.add_argument("--keep", action="store_true", help="leave the lab running and explain it")
+    p.add_argument(
+        "--cleanup", action="store_true", help="remove labs left running by --keep, then exit"
+    )
 
     p = add("dns", "Print AAAA/PTR records for the mappings, or update and check them in DNS.")
     mode = p.add_mutually_exclusive_group()

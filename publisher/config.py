@@ -101,6 +101,7 @@ class Mapping:
     hostname: str = ""
     masquerade: bool = False
     rate_limit: str | None = None
+    allow_given: bool = True  # False: no allow list, so only ICMP echo is exposed
 
     @property
     def is_range(self) -> bool:
@@ -114,6 +115,7 @@ class TranslatorSection:
     ipv6_address: IPv6Address
     pool4: IPv4Network
     prefix: IPv6Network | None = None
+    publish_prefix: IPv6Network | None = None
     rfc6791_pool4: tuple[IPv4Network, ...] = ()
     mtu: int = 1500
     lowest_ipv6_mtu: int = 1280
@@ -454,6 +456,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
             "ipv6_address",
             "pool4",
             "prefix",
+            "publish_prefix",
             "rfc6791_pool4",
             "mtu",
             "lowest_ipv6_mtu",
@@ -474,6 +477,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
     v6 = r.get(d, p, "ipv6_address", _ipv6_address)
     pool4 = r.get(d, p, "pool4", _ipv4_network)
     prefix = r.get(d, p, "prefix", _ipv6_network, None)
+    publish_prefix = r.get(d, p, "publish_prefix", _ipv6_network, None)
     rfc6791 = _list_of(r, d, p, "rfc6791_pool4", _ipv4_network)
     mtu = r.get(d, p, "mtu", _int_in(1280, 65535), 1500)
     lowest = r.get(d, p, "lowest_ipv6_mtu", _int_in(1280, 65535), 1280)
@@ -506,6 +510,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         ipv6_address=v6,  # type: ignore[arg-type]
         pool4=pool4,  # type: ignore[arg-type]
         prefix=prefix,
+        publish_prefix=publish_prefix,
         rfc6791_pool4=rfc6791,
         mtu=mtu,  # type: ignore[arg-type]
         lowest_ipv6_mtu=lowest,  # type: ignore[arg-type]
@@ -554,7 +559,19 @@ def _parse_mapping(r: _Reader, node: Any, path: str) -> Mapping | None:
         return None
     if name is None or v6 is None or v4 is None or hostname is None or masq is None:
         return None
-    return Mapping(name, v6, v4, allow, sources, hostname, masq, rate)
+    # No allow list exposes ICMP echo only: reachable enough to test, nothing more.
+    given = "allow" in d and d["allow"] is not None and bool(allow)
+    return Mapping(
+        name,
+        v6,
+        v4,
+        allow if given else (AllowRule("icmp"),),
+        sources,
+        hostname,
+        masq,
+        rate,
+        allow_given=given,
+    )
 
 
 def _parse_mappings(r: _Reader, node: Any) -> tuple[Mapping, ...]:
@@ -807,7 +824,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """Legal but probably unwanted settings; ``check`` prints these."""
     out = []
     for i, m in enumerate(cfg.mappings):
-        if not m.allow:
+        if not m.allow_given:
             out.append(f"{cfg.path}: mappings[{i}].allow: empty; {m.name!r} exposes only ICMP echo")
     if not cfg.firewall.enabled:
         out.append(

@@ -4,4 +4,4 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
-exec .venv/bin/revnat64 check -c mappings.yaml.example
+exec .venv/bin/revnat64 demo "$@"

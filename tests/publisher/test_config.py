@@ -67,7 +67,10 @@ def test_example_config_validates() -> None:
 def test_check_command_on_example_prints_one_line_summary() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "publisher.cli", "check", "-c", str(EXAMPLE)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -80,99 +83,165 @@ def test_check_command_reports_each_problem_on_its_own_line(tmp_path: Path) -> N
     path.write_text(yaml.safe_dump(doc))
     proc = subprocess.run(
         [sys.executable, "-m", "publisher.cli", "check", "-c", str(path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 1
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2
     assert f"{path}: translator.mtu: must be between 1280 and 65535, not 100" in lines
-    assert any(line.startswith(f"{path}: mappings[1].ipv4: ") and "duplicates" in line
-               for line in lines)
+    assert any(
+        line.startswith(f"{path}: mappings[1].ipv4: ") and "duplicates" in line for line in lines
+    )
 
 
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"mappings__1__name": "cam"},
-         "test.yaml: mappings[1].name: 'cam' is already used by mappings[0]"),
-        ({"mappings__1__ipv6": "2001:db8:200::50"},
-         "test.yaml: mappings[1].ipv6: 2001:db8:200::50/128 duplicates 2001:db8:200::50/128 "
-         "of mappings[0]"),
-        ({"mappings__1__ipv6": "2001:db8:200::/120", "mappings__1__ipv4": "192.0.2.0/24"},
-         "test.yaml: mappings[1].ipv6: 2001:db8:200::/120 overlaps 2001:db8:200::50/128 "
-         "of mappings[0]"),
-        ({"mappings__1__ipv4": "198.51.100.7"},
-         "test.yaml: mappings[1].ipv4: 198.51.100.7/32 overlaps translator.pool4 "
-         "198.51.100.0/24; pool addresses are leased to IPv6 clients"),
-        ({"lan": {"interface": "br-lan", "ipv4_networks": ["198.51.100.0/25"]}},
-         "test.yaml: translator.pool4: 198.51.100.0/24 overlaps the LAN 198.51.100.0/25 "
-         "(lan.ipv4_networks[0]); choose an unused range"),
-        ({"translator__prefix": "2001:db8:200::/96"},
-         "test.yaml: mappings[0].ipv6: 2001:db8:200::50/128 lies inside the RFC 6052 prefix "
-         "2001:db8:200::/96; it would be translated two ways"),
-        ({"translator__prefix": "64:ff9b::/96"},
-         "test.yaml: mappings[0].ipv4: 192.0.2.50/32 is not a global IPv4 address; RFC 6052 "
-         "§3.1 forbids the Well-Known Prefix 64:ff9b::/96 with non-global IPv4 (use a "
-         "network-specific prefix instead)"),
-        ({"translator__prefix": "2001:db8:100::/44"},
-         "test.yaml: translator.prefix: RFC 6052 prefixes are /32, /40, /48, /56, /64 or /96, "
-         "not /44"),
-        ({"translator__prefix": "2001:db8:100:0:ff00::/96"},
-         "test.yaml: translator.prefix: bits 64-71 (the RFC 6052 u-octet) must be zero"),
-        ({"mappings__0__ipv6": "2001:db8:200::zz"},
-         "test.yaml: mappings[0].ipv6: '2001:db8:200::zz' is not an IPv6 address or prefix"),
-        ({"mappings__0__ipv4": "192.0.2.300"},
-         "test.yaml: mappings[0].ipv4: '192.0.2.300' is not an IPv4 address or prefix"),
-        ({"mappings__0__ipv4": "192.0.2.1/24"},
-         "test.yaml: mappings[0].ipv4: '192.0.2.1/24' has host bits set (did you mean "
-         "192.0.2.0/24?)"),
-        ({"translator__ipv4_address": "2001:db8::1"},
-         "test.yaml: translator.ipv4_address: '2001:db8::1' is not an IPv4 address"),
-        ({"mappings__0__allow": ["tcp/0"]},
-         "test.yaml: mappings[0].allow[0]: 'tcp/0': ports must be 1-65535"),
-        ({"mappings__0__allow": ["tcp/70000"]},
-         "test.yaml: mappings[0].allow[0]: 'tcp/70000': ports must be 1-65535"),
-        ({"mappings__0__allow": ["tcp/90-80"]},
-         "test.yaml: mappings[0].allow[0]: 'tcp/90-80': range runs backwards"),
-        ({"mappings__0__allow": ["sctp/80"]},
-         "test.yaml: mappings[0].allow[0]: 'sctp/80' is not tcp/PORT, udp/PORT, tcp/LOW-HIGH "
-         "or icmp"),
-        ({"mappings__0__allow": [80]},
-         "test.yaml: mappings[0].allow[0]: must be a string like tcp/80, udp/7000-7010 or icmp, "
-         "not a number"),
-        ({"translator__pool_4": "198.51.100.0/24"},
-         "test.yaml: translator.pool_4: unknown key (did you mean 'pool4'?)"),
-        ({"mappings__0__alow": ["tcp/80"]},
-         "test.yaml: mappings[0].alow: unknown key (did you mean 'allow'?)"),
+        (
+            {"mappings__1__name": "cam"},
+            "test.yaml: mappings[1].name: 'cam' is already used by mappings[0]",
+        ),
+        (
+            {"mappings__1__ipv6": "2001:db8:200::50"},
+            "test.yaml: mappings[1].ipv6: 2001:db8:200::50/128 duplicates 2001:db8:200::50/128 "
+            "of mappings[0]",
+        ),
+        (
+            {"mappings__1__ipv6": "2001:db8:200::/120", "mappings__1__ipv4": "192.0.2.0/24"},
+            "test.yaml: mappings[1].ipv6: 2001:db8:200::/120 overlaps 2001:db8:200::50/128 "
+            "of mappings[0]",
+        ),
+        (
+            {"mappings__1__ipv4": "198.51.100.7"},
+            "test.yaml: mappings[1].ipv4: 198.51.100.7/32 overlaps translator.pool4 "
+            "198.51.100.0/24; pool addresses are leased to IPv6 clients",
+        ),
+        (
+            {"lan": {"interface": "br-lan", "ipv4_networks": ["198.51.100.0/25"]}},
+            "test.yaml: translator.pool4: 198.51.100.0/24 overlaps the LAN 198.51.100.0/25 "
+            "(lan.ipv4_networks[0]); choose an unused range",
+        ),
+        (
+            {"translator__prefix": "2001:db8:200::/96"},
+            "test.yaml: mappings[0].ipv6: 2001:db8:200::50/128 lies inside the RFC 6052 prefix "
+            "2001:db8:200::/96; it would be translated two ways",
+        ),
+        (
+            {"translator__prefix": "64:ff9b::/96"},
+            "test.yaml: mappings[0].ipv4: 192.0.2.50/32 is not a global IPv4 address; RFC 6052 "
+            "§3.1 forbids the Well-Known Prefix 64:ff9b::/96 with non-global IPv4 (use a "
+            "network-specific prefix instead)",
+        ),
+        (
+            {"translator__prefix": "2001:db8:100::/44"},
+            "test.yaml: translator.prefix: RFC 6052 prefixes are /32, /40, /48, /56, /64 or /96, "
+            "not /44",
+        ),
+        (
+            {"translator__prefix": "2001:db8:100:0:ff00::/96"},
+            "test.yaml: translator.prefix: bits 64-71 (the RFC 6052 u-octet) must be zero",
+        ),
+        (
+            {"mappings__0__ipv6": "2001:db8:200::zz"},
+            "test.yaml: mappings[0].ipv6: '2001:db8:200::zz' is not an IPv6 address or prefix",
+        ),
+        (
+            {"mappings__0__ipv4": "192.0.2.300"},
+            "test.yaml: mappings[0].ipv4: '192.0.2.300' is not an IPv4 address or prefix",
+        ),
+        (
+            {"mappings__0__ipv4": "192.0.2.1/24"},
+            "test.yaml: mappings[0].ipv4: '192.0.2.1/24' has host bits set (did you mean "
+            "192.0.2.0/24?)",
+        ),
+        (
+            {"translator__ipv4_address": "2001:db8::1"},
+            "test.yaml: translator.ipv4_address: '2001:db8::1' is not an IPv4 address",
+        ),
+        (
+            {"mappings__0__allow": ["tcp/0"]},
+            "test.yaml: mappings[0].allow[0]: 'tcp/0': ports must be 1-65535",
+        ),
+        (
+            {"mappings__0__allow": ["tcp/70000"]},
+            "test.yaml: mappings[0].allow[0]: 'tcp/70000': ports must be 1-65535",
+        ),
+        (
+            {"mappings__0__allow": ["tcp/90-80"]},
+            "test.yaml: mappings[0].allow[0]: 'tcp/90-80': range runs backwards",
+        ),
+        (
+            {"mappings__0__allow": ["sctp/80"]},
+            "test.yaml: mappings[0].allow[0]: 'sctp/80' is not tcp/PORT, udp/PORT, tcp/LOW-HIGH "
+            "or icmp",
+        ),
+        (
+            {"mappings__0__allow": [80]},
+            "test.yaml: mappings[0].allow[0]: must be a string like tcp/80, udp/7000-7010 or icmp, "
+            "not a number",
+        ),
+        (
+            {"translator__pool_4": "198.51.100.0/24"},
+            "test.yaml: translator.pool_4: unknown key (did you mean 'pool4'?)",
+        ),
+        (
+            {"mappings__0__alow": ["tcp/80"]},
+            "test.yaml: mappings[0].alow: unknown key (did you mean 'allow'?)",
+        ),
         ({"colour": "blue"}, "test.yaml: colour: unknown key"),
-        ({"translator__mtu": "1500"},
-         "test.yaml: translator.mtu: must be an integer, not a string"),
-        ({"translator__lease_time": True},
-         "test.yaml: translator.lease_time: must be an integer, not a boolean"),
-        ({"wan__proxy_ndp": "yes"},
-         "test.yaml: wan.proxy_ndp: must be true or false, not a string"),
+        (
+            {"translator__mtu": "1500"},
+            "test.yaml: translator.mtu: must be an integer, not a string",
+        ),
+        (
+            {"translator__lease_time": True},
+            "test.yaml: translator.lease_time: must be an integer, not a boolean",
+        ),
+        (
+            {"wan__proxy_ndp": "yes"},
+            "test.yaml: wan.proxy_ndp: must be true or false, not a string",
+        ),
         ({"mappings": {"name": "cam"}}, "test.yaml: mappings: must be a list, not a mapping"),
-        ({"translator__udp_zero_checksum": "fix"},
-         "test.yaml: translator.udp_zero_checksum: must be one of compute, drop, not 'fix'"),
-        ({"translator__tun_device": "a-very-long-tun-name"},
-         "test.yaml: translator.tun_device: 'a-very-long-tun-name' is not a valid interface "
-         "name (1-15 characters, no spaces or /)"),
-        ({"mappings__0__ipv6": "2001:db8:3::/120", "mappings__0__ipv4": "192.0.2.0/25"},
-         "test.yaml: mappings[0]: ipv6 2001:db8:3::/120 and ipv4 192.0.2.0/25 must have equal "
-         "suffix lengths (RFC 7757): /120 leaves 8 bits, /25 leaves 7"),
-        ({"mappings__0__name": "Front Door"},
-         "test.yaml: mappings[0].name: 'Front Door' must be lowercase letters, digits and '-', "
-         "1-63 characters, not starting or ending with '-'"),
+        (
+            {"translator__udp_zero_checksum": "fix"},
+            "test.yaml: translator.udp_zero_checksum: must be one of compute, drop, not 'fix'",
+        ),
+        (
+            {"translator__tun_device": "a-very-long-tun-name"},
+            "test.yaml: translator.tun_device: 'a-very-long-tun-name' is not a valid interface "
+            "name (1-15 characters, no spaces or /)",
+        ),
+        (
+            {"mappings__0__ipv6": "2001:db8:3::/120", "mappings__0__ipv4": "192.0.2.0/25"},
+            "test.yaml: mappings[0]: ipv6 2001:db8:3::/120 and ipv4 192.0.2.0/25 must have equal "
+            "suffix lengths (RFC 7757): /120 leaves 8 bits, /25 leaves 7",
+        ),
+        (
+            {"mappings__0__name": "Front Door"},
+            "test.yaml: mappings[0].name: 'Front Door' must be lowercase letters, digits and '-', "
+            "1-63 characters, not starting or ending with '-'",
+        ),
         ({"translator__ipv4_address": KeyError}, "test.yaml: translator.ipv4_address: is required"),
-        ({"metrics": {"listen": "localhost"}},
-         "test.yaml: metrics.listen: 'localhost' must look like host:port (IPv6 as [addr]:port)"),
-        ({"dns": {"zone": "cam.example.org", "server": "::1:53"}},
-         "test.yaml: dns.server: '::1:53': write an IPv6 host in brackets, as [addr]:port"),
-        ({"translator__lowest_ipv6_mtu": 1500, "translator__mtu": 1400},
-         "test.yaml: translator.lowest_ipv6_mtu: (1500) cannot exceed translator.mtu (1400)"),
-        ({"mappings__0__ipv6": "2001:db8:200::1"},
-         "test.yaml: mappings[0].ipv6: 2001:db8:200::1/128 contains translator.ipv6_address "
-         "2001:db8:200::1"),
+        (
+            {"metrics": {"listen": "localhost"}},
+            "test.yaml: metrics.listen: 'localhost' must look like host:port (IPv6 as [addr]:port)",
+        ),
+        (
+            {"dns": {"zone": "cam.example.org", "server": "::1:53"}},
+            "test.yaml: dns.server: '::1:53': write an IPv6 host in brackets, as [addr]:port",
+        ),
+        (
+            {"translator__lowest_ipv6_mtu": 1500, "translator__mtu": 1400},
+            "test.yaml: translator.lowest_ipv6_mtu: (1500) cannot exceed translator.mtu (1400)",
+        ),
+        (
+            {"mappings__0__ipv6": "2001:db8:200::1"},
+            "test.yaml: mappings[0].ipv6: 2001:db8:200::1/128 contains translator.ipv6_address "
+            "2001:db8:200::1",
+        ),
     ],
 )
 def test_rule_rejects_with_file_field_and_reason(changes: dict[str, Any], expected: str) -> None:
@@ -205,7 +274,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_mapping_without_allow_exposes_only_echo_and_check_warns() -> None:
     doc = with_changes(mappings__0__allow=KeyError)
     cfg = parse_config(doc, "test.yaml")
-    assert cfg.mappings[0].allow == ()
+    assert [str(r) for r in cfg.mappings[0].allow] == ["icmp"]
     assert any("mappings[0].allow: empty" in w and "ICMP echo" in w for w in config_warnings(cfg))
 
 
@@ -216,7 +285,8 @@ def test_disabled_firewall_warns() -> None:
 
 def test_range_mapping_and_defaults() -> None:
     doc = with_changes(
-        mappings__1__ipv6="2001:db8:3::/120", mappings__1__ipv4="192.0.2.0/24",
+        mappings__1__ipv6="2001:db8:3::/120",
+        mappings__1__ipv4="192.0.2.0/24",
         mappings__0__ipv4="203.0.113.50",
     )
     cfg = parse_config(doc, "t.yaml")
@@ -234,7 +304,11 @@ def test_metrics_listen_null_disables_endpoint() -> None:
 # -- property tests: nothing but ConfigError escapes, whatever the YAML holds ------------
 
 yaml_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
     st.sampled_from(["198.51.100.0/24", "2001:db8::1", "tcp/80", "icmp", "eth0", "::", "0/0"]),
 )
 yaml_docs = st.recursive(
@@ -242,11 +316,31 @@ yaml_docs = st.recursive(
     lambda children: st.one_of(
         st.lists(children, max_size=4),
         st.dictionaries(
-            st.one_of(st.text(max_size=12), st.sampled_from(
-                ["translator", "mappings", "wan", "lan", "name", "ipv6", "ipv4", "allow",
-                 "pool4", "prefix", "dns", "metrics", "firewall", "listen", "interface"]),
-                st.integers()),
-            children, max_size=5,
+            st.one_of(
+                st.text(max_size=12),
+                st.sampled_from(
+                    [
+                        "translator",
+                        "mappings",
+                        "wan",
+                        "lan",
+                        "name",
+                        "ipv6",
+                        "ipv4",
+                        "allow",
+                        "pool4",
+                        "prefix",
+                        "dns",
+                        "metrics",
+                        "firewall",
+                        "listen",
+                        "interface",
+                    ]
+                ),
+                st.integers(),
+            ),
+            children,
+            max_size=5,
         ),
     ),
     max_leaves=25,

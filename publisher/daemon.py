@@ -1,0 +1,381 @@
+"""The revnat64 daemon: the supervisor around the data-plane worker.
+
+Two processes.  The supervisor (this module) owns everything slow or
+threaded: config, netlink, the firewall, DNS updates, the metrics endpoint
+and the control socket.  It creates the TUN device and forks a single-threaded
+worker (``publisher.worker``) that owns the packet path and the pool leases.
+
+* start: clean up a previous crash, create the TUN, routes, proxy NDP and
+  forwarding sysctls, start the worker (it restores the leases), apply the
+  firewall, start the metrics endpoint and control socket, then ``READY=1``;
+* SIGHUP: validate the new config completely before touching anything; a
+  broken one is logged and the old one keeps serving.  A good one is applied
+  as a diff (routes, proxy entries, firewall) and the worker swaps its tables
+  in one assignment, so flows through unchanged mappings continue;
+* SIGTERM/SIGINT: the worker saves its leases and exits, then the supervisor
+  removes everything it created and exits 0;
+* a worker that dies is a fatal error: the supervisor cleans up and exits
+  non-zero, so systemd's ``Restart=on-failure`` (or procd's respawn) starts
+  everything afresh, leases included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from publisher import sdnotify
+from publisher.config import Config, ConfigError, load_config
+from publisher.netlink import NetlinkError, NetlinkManager, plan
+from publisher.worker import Plane, WorkerHandle, plane_from_config
+from translator.tun import describe_offloads, open_tun
+
+log = logging.getLogger("revnat64")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says what failed on which object."""
+
+
+# -- logging --------------------------------------------------------------------
+
+_SYSLOG_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<6>message`` under journald (it reads the priority prefix), timestamps elsewhere."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if self.journal:
+            return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {record.levelname.lower():7} {text}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+
+def validated_plane(cfg: Config) -> Plane:
+    """The data-plane view of ``cfg``; ValueError when the tables cannot be built."""
+    plane = plane_from_config(cfg)
+    plane.tables()  # build once here so a bad table never reaches the worker
+    return plane
+
+
+# -- the daemon -----------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, config_path: str, log_level: str | None = None) -> None:
+        self.config_path = config_path
+        self.log_level_override = log_level
+        self.cfg: Config
+        self.plane: Plane
+        self.fd = -1
+        self.offloads = 0
+        self.netlink: NetlinkManager | None = None
+        self.worker: WorkerHandle | None = None
+        self.stopping = False
+        self.reload_requested = False
+        self.reloads = {"success": 0, "failure": 0}
+        self.last_reload = 0.0
+        self.started = time.time()
+        self.firewall: Any = None
+        self.firewall_state = "disabled"
+        self.services: list[Any] = []  # things with .close()/.stop() on shutdown
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = load_config(self.config_path)  # ConfigError propagates to the CLI
+        setup_logging(self.log_level_override or cfg.daemon.log_level)
+        try:
+            self.plane = validated_plane(cfg)
+        except ValueError as exc:
+            raise StartupError(f"{cfg.path}: mappings: {exc}") from exc
+        self.cfg = cfg
+        state_dir = Path(cfg.daemon.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+        self.netlink = NetlinkManager(cfg.translator.tun_device, state_dir / "netstate.json")
+        for line in self.netlink.recover_leftovers():
+            log.warning("crash recovery: %s", line)
+        try:
+            self.fd, self.offloads = open_tun(
+                cfg.translator.tun_device, offloads=cfg.translator.offloads
+            )
+        except OSError as exc:
+            raise StartupError(f"creating TUN device {cfg.translator.tun_device}: {exc}") from exc
+        if cfg.translator.offloads:
+            log.info("TUN offloads: %s", describe_offloads(self.offloads))
+        self.netlink.bring_up_tun(cfg.translator.mtu)
+        self._apply_network(cfg)
+        # Fork before any thread exists; the worker inherits the TUN fd.
+        self.worker = WorkerHandle(self.fd, self.offloads, self.plane)
+        os.close(self.fd)  # the worker owns it now; the device lives while it is open there
+        self.fd = -1
+        self._apply_firewall(cfg)
+        self.last_reload = time.time()
+        self._start_services(cfg)
+        self._maybe_update_dns(cfg)
+        log.info(
+            "revnat64 started: %d mappings on %s, pool4 %s",
+            len(cfg.mappings),
+            cfg.translator.tun_device,
+            cfg.translator.pool4,
+        )
+
+    def _apply_network(self, cfg: Config) -> None:
+        assert self.netlink is not None
+        desired = plan(cfg, self.netlink.onlink_prefixes())
+        for warning in desired.warnings:
+            log.warning("%s", warning)
+        for change in self.netlink.apply(desired):
+            log.info("netlink: %s", change)
+
+    def _apply_firewall(self, cfg: Config) -> None:
+        """Apply the firewall backend's ruleset; a no-op when it is disabled."""
+        if not cfg.firewall.enabled:
+            self.firewall_state = "disabled"
+            return
+        from publisher.firewall import backend_for
+
+        self.firewall = backend_for(cfg)
+        self.firewall.apply()
+        self.firewall_state = "applied"
+        log.info("firewall: %s rules applied", cfg.firewall.backend)
+
+    # -- observability ----------------------------------------------------------
+
+    def _start_services(self, cfg: Config) -> None:
+        """Control socket, metrics endpoint and textfile writer: threads of the supervisor."""
+        from publisher.control import ControlServer
+
+        self.services.append(
+            ControlServer(cfg.daemon.control_socket, {"status": lambda: self.export().to_json()})
+        )
+        if cfg.metrics.listen:
+            from publisher.metrics import start_http_server
+
+            server = start_http_server(cfg.metrics.listen, self.export)
+            self.services.append(server)
+            log.info("metrics on %s", server.url)
+        if cfg.metrics.textfile:
+            from publisher.metrics import TextfileWriter
+
+            writer = TextfileWriter(
+                cfg.metrics.textfile, float(cfg.metrics.textfile_interval), self.export
+            )
+            writer.start()
+            self.services.append(writer)
+
+    def _maybe_update_dns(self, cfg: Config) -> None:
+        if cfg.dns.update_on_change and cfg.dns.server:
+            from publisher.dns_update import start_background_update
+
+            start_background_update(cfg, logging.getLogger("revnat64.dns"))
+
+    def export(self) -> Any:
+        """A Snapshot for the exporters: the worker's counters plus the supervisor's state."""
+        assert self.worker is not None
+        snap = self.worker.call("snapshot")
+        snap.reloads = dict(self.reloads)
+        snap.last_reload_timestamp = self.last_reload
+        snap.started_timestamp = self.started
+        snap.firewall_state = self.firewall_state
+        firewall = self.firewall
+        if firewall is not None:
+            try:
+                snap.firewall_drops = firewall.drop_counters()
+            except Exception as exc:  # a failing nft must not break the scrape
+                snap.firewall_state = f"error: reading counters: {exc}"
+        cfg = self.cfg
+        if cfg.dns.update_on_change and cfg.dns.server:
+            from publisher.dns_update import dns_update_status
+
+            st = dns_update_status()
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.finished_at or 0))
+            snap.dns_state = f"{st.state} {when}: {st.message}".strip()
+        return snap
+
+    def status_line(self) -> str:
+        return f"STATUS={len(self.cfg.mappings)} mappings on {self.cfg.translator.tun_device}"
+
+    # -- main loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Wait for signals; the packets are the worker's business."""
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        sdnotify.notify("READY=1", self.status_line())
+        assert self.worker is not None
+        while not self.stopping:
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+                continue
+            if not self.worker.alive():
+                log.error("the data-plane worker (pid %d) died; stopping", self.worker.pid)
+                return 1
+            time.sleep(0.2)  # signals interrupt the sleep (PEP 475 resumes it after)
+        return 0
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self.reload_requested = True
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    # -- reload -----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Apply a new config, or keep the old one when the new one is not usable."""
+        sdnotify.reloading()
+        log.info("reloading %s", self.config_path)
+        ok = False
+        try:
+            ok = self._reload()
+        finally:
+            self.reloads["success" if ok else "failure"] += 1
+            sdnotify.notify("READY=1", self.status_line())
+        return ok
+
+    def _reload(self) -> bool:
+        old = self.cfg
+        try:
+            new = load_config(self.config_path)
+            plane = validated_plane(new)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected: %s", problem)
+            log.error("keeping the previous configuration")
+            return False
+        except ValueError as exc:
+            log.error(
+                "reload rejected: %s: mappings: %s; keeping the previous configuration",
+                self.config_path,
+                exc,
+            )
+            return False
+        if new.translator.tun_device != old.translator.tun_device:
+            log.error(
+                "reload rejected: translator.tun_device changed (%s -> %s); "
+                "that needs a restart; keeping the previous configuration",
+                old.translator.tun_device,
+                new.translator.tun_device,
+            )
+            return False
+        try:
+            if new.translator.mtu != old.translator.mtu and self.netlink is not None:
+                self.netlink.bring_up_tun(new.translator.mtu)
+            self._apply_network(new)
+            if new.firewall.enabled or old.firewall.enabled:
+                self._reload_firewall(old, new)
+        except (NetlinkError, RuntimeError, OSError) as exc:
+            log.error("reload failed while applying: %s; restoring the previous state", exc)
+            try:
+                self._apply_network(old)
+                if old.firewall.enabled:
+                    self._apply_firewall(old)
+            except Exception as undo_exc:
+                log.error("could not fully restore the previous state: %s", undo_exc)
+            return False
+        assert self.worker is not None
+        result, note = self.worker.call("apply", plane)
+        if result != "ok":
+            log.error("reload rejected by the data plane: %s", note)
+            return False
+        if note:
+            log.info("%s", note)
+        self.cfg, self.plane = new, plane
+        self.last_reload = time.time()
+        log.info("reloaded: %d mappings", len(new.mappings))
+        self._maybe_update_dns(new)
+        return True
+
+    def _reload_firewall(self, old: Config, new: Config) -> None:
+        if not new.firewall.enabled:
+            if self.firewall is not None:
+                self.firewall.remove()
+                self.firewall = None
+            self.firewall_state = "disabled"
+            return
+        if self.firewall is not None and old.firewall.backend != new.firewall.backend:
+            self.firewall.remove()
+        self._apply_firewall(new)
+
+    # -- stop -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Remove everything we created; each step runs even if an earlier one failed."""
+        sdnotify.notify("STOPPING=1")
+        for service in self.services:
+            try:
+                (getattr(service, "close", None) or service.stop)()
+            except Exception as exc:
+                log.warning("stopping %r: %s", service, exc)
+        self.services.clear()
+        if self.worker is not None:
+            self.worker.stop()  # it saves the leases; closing its fd removes the TUN
+            self.worker = None
+        if self.firewall is not None:
+            try:
+                self.firewall.remove()
+            except Exception as exc:
+                log.error("removing firewall rules: %s", exc)
+            self.firewall = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.netlink is not None:
+            try:
+                self.netlink.teardown()
+            except Exception as exc:
+                log.error("removing routes and proxy entries: %s", exc)
+            self.netlink = None
+        log.info("revnat64 stopped")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    daemon = Daemon(args.config, args.log_level)
+    try:
+        daemon.start()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        daemon.stop()
+        return 1
+    except (StartupError, NetlinkError, OSError, RuntimeError, EOFError) as exc:
+        log.error("cannot start: %s", exc)
+        daemon.stop()
+        return 1
+    try:
+        return daemon.run()
+    finally:
+        daemon.stop()

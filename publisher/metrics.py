@@ -1,0 +1,394 @@
+"""Prometheus metrics from daemon snapshots: HTTP endpoint and node-exporter textfile.
+
+The packet path never calls prometheus-client.  It counts in plain integers,
+and :class:`SnapshotCollector` turns a :class:`~publisher.snapshot.Snapshot`
+into metric families only when somebody scrapes (or when the textfile writer
+wakes up), so a scrape costs one snapshot and the data path costs one dict
+increment per packet.
+
+Names follow the Prometheus conventions: the ``revnat64_`` prefix, base units
+(bytes, seconds), ``_total`` on counters, and labels of low cardinality only:
+mapping names, directions, drop reasons and ICMP types, all bounded by the
+config and the translator's code.  Client addresses never become labels.
+
+Every series the config implies is emitted from the first scrape on, at 0 if
+nothing happened yet (every mapping in both directions, both reload results,
+both refusal reasons), because ``rate()`` and ``increase()`` need a sample
+before the first event to see that event at all.
+
+Two ways out:
+
+* :func:`start_http_server` serves ``/metrics`` on ``metrics.listen`` from a
+  thread, together with the standard ``process_*`` metrics of the daemon's
+  main process (memory and CPU are worth watching on a small router).
+* :func:`write_textfile` / :class:`TextfileWriter` write the same revnat64
+  metrics atomically into a ``.prom`` file for node-exporter's textfile
+  collector (OpenWrt's prometheus-node-exporter-lua).  The ``process_*``
+  metrics are left out there: node-exporter exports its own ``process_*``
+  series and the textfile collector refuses duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import TCPServer, ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from publisher import __version__
+from publisher.config import split_hostport
+from publisher.snapshot import DIRECTIONS, Snapshot
+
+__all__ = [
+    "MetricsServer",
+    "SnapshotCollector",
+    "TextfileWriter",
+    "build_registry",
+    "parse_listen",
+    "render",
+    "start_http_server",
+    "write_textfile",
+]
+
+log = logging.getLogger(__name__)
+
+SnapshotFn = Callable[[], Snapshot]
+
+# Always emitted, so alerts on them work before the first event.
+RELOAD_RESULTS = ("success", "failure")
+REFUSAL_REASONS = ("exhausted", "prefix_limit")
+
+
+class SnapshotCollector(Collector):
+    """A prometheus-client collector that reads one Snapshot per collection."""
+
+    def __init__(self, snapshot_fn: SnapshotFn) -> None:
+        self._snapshot_fn = snapshot_fn
+
+    def collect(self) -> Iterator[Metric]:
+        # One snapshot per scrape: every family below describes the same moment.
+        snap = self._snapshot_fn()
+        yield from _traffic_families(snap)
+        yield from _drop_families(snap)
+        yield from _pool_families(snap)
+        yield from _firewall_families(snap)
+        yield from _daemon_families(snap)
+
+
+def _mapping_directions(snap: Snapshot) -> list[tuple[str, str]]:
+    """Every configured mapping in both directions, plus any key the counters carry."""
+    keys = [(m.name, d) for m in snap.mappings for d in DIRECTIONS]
+    seen = set(keys)
+    for key in sorted(set(snap.packets) | set(snap.bytes)):
+        if key not in seen:
+            keys.append(key)
+            seen.add(key)
+    return keys
+
+
+def _traffic_families(snap: Snapshot) -> Iterator[Metric]:
+    packets = CounterMetricFamily(
+        "revnat64_translated_packets",
+        "Packets translated, by mapping and direction (6to4: from IPv6 clients to the "
+        "IPv4 device; 4to6: the device's replies). Compare the two directions to see "
+        "whether a device answers.",
+        labels=("mapping", "direction"),
+    )
+    octets = CounterMetricFamily(
+        "revnat64_translated_bytes",
+        "Bytes of translated packets as written out (after translation), by mapping and direction.",
+        labels=("mapping", "direction"),
+    )
+    for key in _mapping_directions(snap):
+        packets.add_metric(key, snap.packets.get(key, 0))
+        octets.add_metric(key, snap.bytes.get(key, 0))
+    yield packets
+    yield octets
+
+
+def _drop_families(snap: Snapshot) -> Iterator[Metric]:
+    dropped = CounterMetricFamily(
+        "revnat64_dropped_packets",
+        "Packets the translator dropped instead of translating, by the translator's "
+        "reason code (e.g. no_mapping: addressed to an IPv6/IPv4 address no mapping "
+        "or lease covers).",
+        labels=("reason",),
+    )
+    for reason, count in sorted(snap.dropped.items()):
+        dropped.add_metric((reason,), count)
+    yield dropped
+    icmp = CounterMetricFamily(
+        "revnat64_icmp_errors_sent",
+        "ICMP errors the translator generated itself (not translated ones), by family "
+        "(icmpv4 towards the LAN, icmpv6 towards clients) and type. Rate-limited by "
+        "translator.icmp_errors_per_second.",
+        labels=("family", "type"),
+    )
+    for (family, kind), count in sorted(snap.icmp_errors.items()):
+        icmp.add_metric((family, kind), count)
+    yield icmp
+
+
+def _pool_families(snap: Snapshot) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "revnat64_pool_addresses_in_use",
+        "pool4 addresses currently leased to IPv6 clients.",
+        value=snap.pool_in_use,
+    )
+    yield GaugeMetricFamily(
+        "revnat64_pool_addresses",
+        "pool4 addresses available for leases in total (translator.pool4 minus reserved "
+        "addresses).",
+        value=snap.pool_size,
+    )
+    yield CounterMetricFamily(
+        "revnat64_pool_leases_created",
+        "pool4 leases handed to new IPv6 clients.",
+        value=snap.leases_created,
+    )
+    yield CounterMetricFamily(
+        "revnat64_pool_leases_expired",
+        "pool4 leases released after translator.lease_time seconds idle.",
+        value=snap.leases_expired,
+    )
+    refused = CounterMetricFamily(
+        "revnat64_pool_refused",
+        "IPv6 clients refused a pool4 lease (their packets dropped): exhausted = no "
+        "free address; prefix_limit = the client's prefix already holds "
+        "translator.lease_limit_per_prefix leases.",
+        labels=("reason",),
+    )
+    for reason in _with_fixed(REFUSAL_REASONS, snap.pool_refused):
+        refused.add_metric((reason,), snap.pool_refused.get(reason, 0))
+    yield refused
+
+
+def _firewall_families(snap: Snapshot) -> Iterator[Metric]:
+    packets = CounterMetricFamily(
+        "revnat64_firewall_dropped_packets",
+        "Packets to a mapping that the revnat64 firewall dropped (not in the mapping's "
+        "allow list or sources), read from nftables named counters. Absent when the "
+        "firewall is disabled.",
+        labels=("mapping",),
+    )
+    octets = CounterMetricFamily(
+        "revnat64_firewall_dropped_bytes",
+        "Bytes of the packets counted in revnat64_firewall_dropped_packets_total.",
+        labels=("mapping",),
+    )
+    for name, (pkts, nbytes) in sorted(snap.firewall_drops.items()):
+        packets.add_metric((name,), pkts)
+        octets.add_metric((name,), nbytes)
+    yield packets
+    yield octets
+
+
+def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
+    reloads = CounterMetricFamily(
+        "revnat64_reloads",
+        "Config loads and reloads (SIGHUP), by result. A failed reload keeps the "
+        "previous config running.",
+        labels=("result",),
+    )
+    for result in _with_fixed(RELOAD_RESULTS, snap.reloads):
+        reloads.add_metric((result,), snap.reloads.get(result, 0))
+    yield reloads
+    yield GaugeMetricFamily(
+        "revnat64_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful config load or reload.",
+        value=snap.last_reload_timestamp,
+    )
+    yield GaugeMetricFamily(
+        "revnat64_mappings",
+        "Mappings (published devices or ranges) in the running config.",
+        value=len(snap.mappings),
+    )
+    yield GaugeMetricFamily(
+        "revnat64_workers",
+        "Translation worker processes the counters are summed over.",
+        value=snap.workers,
+    )
+    info = GaugeMetricFamily(
+        "revnat64_build_info",
+        "Always 1; the labels say which revnat64 and which Python run.",
+        labels=("version", "python"),
+    )
+    info.add_metric((__version__, platform.python_version()), 1)
+    yield info
+    yield GaugeMetricFamily(
+        "revnat64_start_time_seconds",
+        "Unix time the daemon started.",
+        value=snap.started_timestamp,
+    )
+
+
+def _with_fixed(fixed: Iterable[str], counts: dict[str, int]) -> list[str]:
+    """The fixed labels first, then any other label the daemon reported."""
+    labels = list(fixed)
+    labels += sorted(k for k in counts if k not in labels)
+    return labels
+
+
+def build_registry(snapshot_fn: SnapshotFn, process: bool = True) -> CollectorRegistry:
+    """A registry of its own (never the global one) with the snapshot collector.
+
+    ``process=True`` adds prometheus-client's ProcessCollector (memory, CPU,
+    open files of this process: the supervisor, not the workers).
+    """
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(snapshot_fn))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render(snapshot_fn: SnapshotFn, process: bool = False) -> bytes:
+    """The metrics in the Prometheus text format, as a scrape would see them."""
+    return generate_latest(build_registry(snapshot_fn, process=process))
+
+
+# ---------------------------------------------------------------- HTTP endpoint
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` as in the config; port 0 (any free port) is for tests."""
+    head, sep, port = text.rpartition(":")
+    if sep and port == "0":
+        host, _ = split_hostport(f"{head}:1")
+        return host, 0
+    return split_hostport(text)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: Prometheus scrapes every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (socket.getfqdn), which can hang
+        # for seconds on a router whose resolver is down; the name is never used.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+
+class MetricsServer:
+    """A running metrics endpoint; :meth:`close` stops it and frees the port."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.host: str = str(server.server_address[0])
+        self.port: int = int(server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_http_server(listen: str, snapshot_fn: SnapshotFn) -> MetricsServer:
+    """Serve the metrics on ``listen`` (``host:port``, ``[v6]:port``) from a daemon thread.
+
+    Returns at once; binding errors (address in use, address not on this
+    host) raise OSError naming the address.
+    """
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type(
+        "RevNat64MetricsServer", (_ThreadingWSGIServer,), {"address_family": family}
+    )
+    app = make_wsgi_app(build_registry(snapshot_fn, process=True))
+    try:
+        server: WSGIServer = make_server(host, port, app, server_class, _QuietHandler)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics on {listen}: {exc.strerror}") from exc
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"metrics-http-{listen}", daemon=True
+    )
+    thread.start()
+    return MetricsServer(server, thread)
+
+
+# --------------------------------------------------------------------- textfile
+
+
+def write_textfile(path: str, snapshot_fn: SnapshotFn) -> None:
+    """Write the metrics to ``path`` atomically (a reader sees the old or the new file).
+
+    The temporary file lives in the same directory, so ``os.replace`` is a
+    rename within one file system, and its name does not end in ``.prom``,
+    so the textfile collector never reads it half-written.
+    """
+    text = render(snapshot_fn, process=False)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".revnat64-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)  # node-exporter may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class TextfileWriter(threading.Thread):
+    """Rewrites the textfile every ``interval`` seconds until :meth:`stop`.
+
+    The first write happens at once.  A failed write (disk full, directory
+    gone) is logged and retried on the next tick: metrics must never take the
+    daemon down.
+    """
+
+    def __init__(self, path: str, interval: float, snapshot_fn: SnapshotFn) -> None:
+        super().__init__(name=f"metrics-textfile-{path}", daemon=True)
+        self.path = path
+        self.interval = interval
+        self._snapshot_fn = snapshot_fn
+        self._stopping = threading.Event()
+        self.writes = 0
+        self.failures = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                write_textfile(self.path, self._snapshot_fn)
+                self.writes += 1
+            except Exception as exc:
+                self.failures += 1
+                log.warning("cannot write metrics textfile %s: %s", self.path, exc)
+            if self._stopping.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        """Stop after the current write; the file keeps the last metrics written."""
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout=max(5.0, self.interval))

@@ -1,0 +1,364 @@
+"""Routes, proxy NDP and forwarding sysctls, through netlink (pyroute2).
+
+:func:`plan` is pure: config plus the on-link prefixes of the router's
+interfaces in, the desired :class:`NetPlan` out.  :class:`NetlinkManager`
+diffs a plan against what it applied before and changes only the difference,
+so a reload that adds one mapping adds one route and one proxy entry while
+every other mapping keeps working.
+
+Everything applied is also written to a small state file before it is
+applied.  After a crash (SIGKILL, power loss of the process) the next start
+reads that file and undoes it: proxy entries, routes and sysctl values do not
+vanish with the process the way the TUN device does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Any
+
+from publisher.config import Config
+
+log = logging.getLogger("revnat64.netlink")
+
+RTPROT_REVNAT64 = 164  # our routes carry this protocol number, so leftovers are findable
+NTF_PROXY = 0x08
+PROXY_NDP_LIMIT = 1024  # per mapping; beyond that a routed prefix (or ndppd) is the answer
+IPV4_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+IPV6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
+
+
+def proxy_ndp_sysctl(ifname: str) -> str:
+    return f"/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp"
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    dst: str  # "2001:db8:200::50/128"
+
+    @property
+    def family(self) -> int:
+        return 10 if ":" in self.dst else 2
+
+
+@dataclass(frozen=True, order=True)
+class ProxyEntry:
+    address: str
+    interface: str
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    routes: frozenset[Route]
+    proxies: frozenset[ProxyEntry]
+    sysctls: tuple[tuple[str, str], ...]  # (path, value), in order
+    warnings: tuple[str, ...] = ()
+
+
+def plan(cfg: Config, onlink: Iterable[tuple[IPv6Network, str]]) -> NetPlan:
+    """The routes, proxy entries and sysctls that ``cfg`` needs; pure.
+
+    ``onlink`` lists the IPv6 prefixes that are on-link on the router's
+    interfaces (other than the TUN).  A mapped address inside one of them is
+    solicited by its neighbours, so the router must answer for it there.
+    """
+    tr = cfg.translator
+    routes: set[Route] = {Route(str(m.ipv6)) for m in cfg.mappings}
+    routes.add(Route(str(IPv6Network(tr.ipv6_address))))
+    routes.add(Route(str(tr.pool4)))
+    if tr.ipv4_address not in tr.pool4:
+        routes.add(Route(str(IPv4Network(tr.ipv4_address))))
+    if tr.prefix is not None:
+        routes.add(Route(str(tr.prefix)))
+    if tr.publish_prefix is not None:
+        # Unmapped addresses in the published prefix reach the translator, which
+        # answers "address unreachable" instead of bouncing them back upstream.
+        routes.add(Route(str(tr.publish_prefix)))
+    for net4 in tr.rfc6791_pool4:
+        if not net4.subnet_of(tr.pool4):
+            routes.add(Route(str(net4)))
+
+    proxies: set[ProxyEntry] = set()
+    warnings: list[str] = []
+    onlink = [(net, ifname) for net, ifname in onlink if ifname != tr.tun_device]
+    if cfg.wan.proxy_ndp:
+        for m in cfg.mappings:
+            for net, ifname in onlink:
+                if not m.ipv6.subnet_of(net):
+                    continue
+                if m.ipv6.num_addresses > PROXY_NDP_LIMIT:
+                    warnings.append(
+                        f"mapping {m.name}: {m.ipv6} is on-link on {ifname} but has "
+                        f"{m.ipv6.num_addresses} addresses; proxy NDP covers at most "
+                        f"{PROXY_NDP_LIMIT}. Route the prefix to this router instead."
+                    )
+                    continue
+                addresses = [m.ipv6.network_address] if m.ipv6.prefixlen == 128 else m.ipv6
+                proxies.update(ProxyEntry(str(a), ifname) for a in addresses)
+    sysctls: list[tuple[str, str]] = [(IPV6_FORWARD, "1"), (IPV4_FORWARD, "1")]
+    for ifname in sorted({p.interface for p in proxies}):
+        sysctls.append((proxy_ndp_sysctl(ifname), "1"))
+    return NetPlan(frozenset(routes), frozenset(proxies), tuple(sysctls), tuple(warnings))
+
+
+@dataclass
+class AppliedState:
+    """What we changed, persisted so a crash can be undone on the next start."""
+
+    tun_device: str = ""
+    routes: set[Route] = field(default_factory=set)
+    proxies: set[ProxyEntry] = field(default_factory=set)
+    sysctl_originals: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "tun_device": self.tun_device,
+                "routes": sorted(r.dst for r in self.routes),
+                "proxies": sorted([p.address, p.interface] for p in self.proxies),
+                "sysctl_originals": self.sysctl_originals,
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> AppliedState:
+        data = json.loads(text)
+        return cls(
+            tun_device=str(data.get("tun_device", "")),
+            routes={Route(str(d)) for d in data.get("routes", [])},
+            proxies={ProxyEntry(str(a), str(i)) for a, i in data.get("proxies", [])},
+            sysctl_originals={str(k): str(v) for k, v in data.get("sysctl_originals", {}).items()},
+        )
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write-then-rename, so a crash leaves the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_sysctl(path: str) -> str:
+    return Path(path).read_text().strip()
+
+
+def write_sysctl(path: str, value: str) -> None:
+    Path(path).write_text(value + "\n")
+
+
+class NetlinkError(RuntimeError):
+    """A netlink change failed; the message says what and on which object."""
+
+
+class NetlinkManager:
+    """Applies NetPlans incrementally and undoes everything on teardown."""
+
+    def __init__(self, tun_device: str, state_file: Path) -> None:
+        from pyroute2 import IPRoute
+
+        self.ipr = IPRoute()
+        self.tun_device = tun_device
+        self.state_file = state_file
+        self.state = AppliedState(tun_device=tun_device)
+
+    # -- reading -------------------------------------------------------------
+
+    def link_index(self, ifname: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=ifname)
+        return found[0] if found else None
+
+    def onlink_prefixes(self) -> list[tuple[IPv6Network, str]]:
+        """IPv6 prefixes assigned on-link to interfaces (from their global addresses)."""
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()}
+        out: list[tuple[IPv6Network, str]] = []
+        for addr in self.ipr.get_addr(family=10):
+            if addr["scope"] != 0 or addr["prefixlen"] >= 128:
+                continue
+            net = ip_network(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}", strict=False)
+            assert isinstance(net, IPv6Network)
+            out.append((net, names.get(addr["index"], "")))
+        return out
+
+    # -- crash recovery ------------------------------------------------------
+
+    def recover_leftovers(self) -> list[str]:
+        """Undo what a previous run left behind (state file, our route protocol, a stale TUN)."""
+        done: list[str] = []
+        if self.state_file.exists():
+            try:
+                old = AppliedState.from_json(self.state_file.read_text())
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("ignoring unreadable state file %s: %s", self.state_file, exc)
+                old = AppliedState()
+            self.state = old
+            self._undo_all()
+            done.append(f"undid the previous run's changes recorded in {self.state_file}")
+        for family in (2, 10):
+            for route in self.ipr.get_routes(family=family, proto=RTPROT_REVNAT64):
+                try:
+                    self.ipr.route("del", **self._route_key(route))
+                    done.append("removed a stale route")
+                except Exception as exc:  # already gone with its device
+                    log.debug("stale route removal: %s", exc)
+        idx = self.link_index(self.tun_device)
+        if idx is not None:
+            self.ipr.link("del", index=idx)
+            done.append(f"removed stale device {self.tun_device}")
+        self.state = AppliedState(tun_device=self.tun_device)
+        self._save()
+        return done
+
+    @staticmethod
+    def _route_key(route: Any) -> dict[str, Any]:
+        return {
+            "dst": route.get_attr("RTA_DST"),
+            "dst_len": route["dst_len"],
+            "family": route["family"],
+            "table": route.get_attr("RTA_TABLE", 254),
+            "proto": RTPROT_REVNAT64,
+        }
+
+    # -- applying ------------------------------------------------------------
+
+    def bring_up_tun(self, mtu: int) -> None:
+        idx = self.link_index(self.tun_device)
+        if idx is None:
+            raise NetlinkError(f"TUN device {self.tun_device} does not exist after creating it")
+        try:
+            self.ipr.link("set", index=idx, mtu=mtu, state="up")
+        except Exception as exc:
+            raise NetlinkError(f"setting {self.tun_device} up with MTU {mtu}: {exc}") from exc
+
+    def apply(self, desired: NetPlan) -> list[str]:
+        """Make the system match ``desired``; return a line per change made."""
+        changes: list[str] = []
+        for path, value in desired.sysctls:
+            if path not in self.state.sysctl_originals:
+                try:
+                    current = read_sysctl(path)
+                except OSError as exc:
+                    raise NetlinkError(f"reading sysctl {path}: {exc}") from exc
+                if current != value:
+                    self.state.sysctl_originals[path] = current
+                    self._save()
+                    try:
+                        write_sysctl(path, value)
+                    except OSError as exc:
+                        raise NetlinkError(f"setting sysctl {path}={value}: {exc}") from exc
+                    changes.append(f"sysctl {path}={value} (was {current})")
+        idx = self.link_index(self.tun_device)
+        if idx is None:
+            raise NetlinkError(f"TUN device {self.tun_device} is missing")
+        add_routes = desired.routes - self.state.routes
+        del_routes = self.state.routes - desired.routes
+        add_proxies = desired.proxies - self.state.proxies
+        del_proxies = self.state.proxies - desired.proxies
+        # Record intent before acting, so a crash in between is still undone.
+        self.state.routes |= add_routes
+        self.state.proxies |= add_proxies
+        self._save()
+        for route in sorted(add_routes):
+            self._route("replace", route, idx)
+            changes.append(f"route {route.dst} dev {self.tun_device}")
+        for entry in sorted(add_proxies):
+            self._proxy("replace", entry)
+            changes.append(f"proxy ndp {entry.address} dev {entry.interface}")
+        for entry in sorted(del_proxies):
+            self._proxy("del", entry, missing_ok=True)
+            changes.append(f"removed proxy ndp {entry.address} dev {entry.interface}")
+        for route in sorted(del_routes):
+            self._route("del", route, idx, missing_ok=True)
+            changes.append(f"removed route {route.dst}")
+        self.state.routes -= del_routes
+        self.state.proxies -= del_proxies
+        # proxy_ndp sysctls no longer needed go back to what they were.
+        wanted = {path for path, _ in desired.sysctls}
+        for path in [p for p in self.state.sysctl_originals if p not in wanted]:
+            self._restore_sysctl(path)
+            changes.append(f"restored sysctl {path}")
+        self._save()
+        return changes
+
+    def teardown(self, delete_tun: bool = True) -> None:
+        """Remove everything we created; idempotent and best-effort per object."""
+        self._undo_all()
+        if delete_tun:
+            idx = self.link_index(self.tun_device)
+            if idx is not None:
+                try:
+                    self.ipr.link("del", index=idx)
+                except Exception as exc:
+                    log.warning("removing %s: %s", self.tun_device, exc)
+        try:
+            self.state_file.unlink()
+        except FileNotFoundError:
+            pass
+        self.ipr.close()
+
+    def _undo_all(self) -> None:
+        idx = self.link_index(self.state.tun_device or self.tun_device)
+        for entry in sorted(self.state.proxies):
+            self._proxy("del", entry, missing_ok=True)
+        if idx is not None:
+            for route in sorted(self.state.routes):
+                self._route("del", route, idx, missing_ok=True)
+        for path in list(self.state.sysctl_originals):
+            self._restore_sysctl(path)
+        self.state.routes.clear()
+        self.state.proxies.clear()
+
+    def _restore_sysctl(self, path: str) -> None:
+        original = self.state.sysctl_originals.pop(path)
+        try:
+            write_sysctl(path, original)
+        except OSError as exc:  # e.g. the interface is gone: nothing left to restore
+            log.debug("restoring %s=%s: %s", path, original, exc)
+
+    def _route(self, op: str, route: Route, idx: int, missing_ok: bool = False) -> None:
+        net = ip_network(route.dst)
+        try:
+            self.ipr.route(
+                op,
+                dst=str(net.network_address),
+                dst_len=net.prefixlen,
+                family=route.family,
+                oif=idx,
+                proto=RTPROT_REVNAT64,
+            )
+        except Exception as exc:
+            if missing_ok:
+                log.debug("%s route %s: %s", op, route.dst, exc)
+                return
+            raise NetlinkError(f"{op} route {route.dst} dev {self.tun_device}: {exc}") from exc
+
+    def _proxy(self, op: str, entry: ProxyEntry, missing_ok: bool = False) -> None:
+        idx = self.link_index(entry.interface)
+        if idx is None:
+            if missing_ok:
+                return
+            raise NetlinkError(f"proxy ndp {entry.address}: interface {entry.interface} not found")
+        try:
+            self.ipr.neigh(op, dst=entry.address, ifindex=idx, flags=NTF_PROXY, family=10)
+        except Exception as exc:
+            if missing_ok:
+                log.debug("%s proxy %s: %s", op, entry.address, exc)
+                return
+            raise NetlinkError(
+                f"{op} proxy ndp {entry.address} dev {entry.interface}: {exc}"
+            ) from exc
+
+    def _save(self) -> None:
+        atomic_write(self.state_file, self.state.to_json())

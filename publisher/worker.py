@@ -1,0 +1,412 @@
+"""The data-plane worker: one single-threaded process that owns the TUN fd.
+
+The supervisor (``publisher.daemon``) runs threads for the metrics endpoint,
+the control socket and DNS updates.  The packet path runs in a forked child
+with no threads at all: measured on the test lab, a single idle helper thread
+in the same process tripled the latency a ping sees through the translator,
+because every wake-up from ``poll`` then goes through the GIL hand-off.
+
+Supervisor and worker talk over a socketpair with length-prefixed pickles
+(both sides are the same program; nothing from the network is unpickled):
+
+* ``("snapshot",)``  -> a :class:`~publisher.snapshot.Snapshot` of the counters,
+  the pool and the leases, built between two packet batches;
+* ``("apply", plane)`` -> swap in new tables/settings from a :class:`Plane`;
+* ``("stop",)``      -> save the leases and exit.
+
+The worker exits on its own, after saving the leases, when the supervisor
+disappears (EOF on the socket) or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from publisher.config import Config
+from publisher.netlink import atomic_write
+from publisher.snapshot import DIRECTIONS, MappingInfo, Snapshot
+from translator import DropReason, Pool4, Tables, Translator, TranslatorSettings
+from translator.tun import (
+    BATCH_LIMIT,
+    ICMPV4_ERROR_NAMES,
+    ICMPV6_ERROR_NAMES,
+    Counters,
+    DataPath,
+)
+
+log = logging.getLogger("revnat64.worker")
+
+LEASE_SAVE_INTERVAL = 30.0
+LEASE_EXPIRE_INTERVAL = 10.0
+_LEN = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class Plane:
+    """Everything the data plane needs from a config; small, picklable, comparable."""
+
+    settings: TranslatorSettings
+    eam: tuple[tuple[str, str], ...]
+    prefix: str | None
+    mappings: tuple[MappingInfo, ...]
+    pool4: str
+    lease_time: float
+    limit_per_prefix: int
+    limit_prefix_len: int
+    reserved: tuple[str, ...]
+    lease_file: str
+
+    @property
+    def pool_key(self) -> tuple[Any, ...]:
+        return (
+            self.pool4,
+            self.lease_time,
+            self.limit_per_prefix,
+            self.limit_prefix_len,
+            self.reserved,
+        )
+
+    def tables(self) -> Tables:
+        """Build the lookup tables (ValueError names the offending entry)."""
+        return Tables.build(eam=list(self.eam), prefix=self.prefix)
+
+    def new_pool(self) -> Pool4:
+        return Pool4(
+            self.pool4,
+            lease_time=self.lease_time,
+            limit_per_prefix=self.limit_per_prefix,
+            limit_prefix_len=self.limit_prefix_len,
+            reserved=self.reserved,
+        )
+
+
+def plane_from_config(cfg: Config) -> Plane:
+    tr = cfg.translator
+    settings = TranslatorSettings(
+        ipv4_address=str(tr.ipv4_address),
+        ipv6_address=str(tr.ipv6_address),
+        rfc6791_pool4=tuple(str(n) for n in tr.rfc6791_pool4),
+        lowest_ipv6_mtu=tr.lowest_ipv6_mtu,
+        mtu=tr.mtu,
+        udp_zero_checksum=tr.udp_zero_checksum,
+        icmp_errors_per_second=tr.icmp_errors_per_second,
+    )
+    return Plane(
+        settings=settings,
+        eam=tuple((str(m.ipv6), str(m.ipv4)) for m in cfg.mappings),
+        prefix=str(tr.prefix) if tr.prefix is not None else None,
+        mappings=tuple(
+            MappingInfo(m.name, str(m.ipv6), str(m.ipv4), m.hostname) for m in cfg.mappings
+        ),
+        pool4=str(tr.pool4),
+        lease_time=float(tr.lease_time),
+        limit_per_prefix=tr.lease_limit_per_prefix,
+        limit_prefix_len=tr.lease_limit_prefix_len,
+        reserved=tuple(str(a) for a in (tr.ipv4_address,) if a in tr.pool4),
+        lease_file=str(cfg.lease_file),
+    )
+
+
+# -- framing --------------------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def recv_message(sock: socket.socket) -> Any:
+    """One message; EOFError when the peer is gone."""
+    header = _recv_exact(sock, _LEN.size)
+    return pickle.loads(_recv_exact(sock, _LEN.unpack(header)[0]))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(n)
+        if not chunk:
+            raise EOFError("peer closed the worker channel")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+# -- counters that outlive a table generation -----------------------------------------
+
+
+@dataclass
+class Totals:
+    """Counters folded in under mapping names (indices change on reload)."""
+
+    packets: dict[tuple[str, str], int] = field(default_factory=dict)
+    bytes: dict[tuple[str, str], int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    icmp_errors: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def copy(self) -> Totals:
+        return Totals(
+            dict(self.packets), dict(self.bytes), dict(self.dropped), dict(self.icmp_errors)
+        )
+
+    def absorb(self, names: list[str], c: Counters) -> None:
+        for d, direction in enumerate(DIRECTIONS):
+            for i, name in enumerate(names):
+                key = (name, direction)
+                self.packets[key] = self.packets.get(key, 0) + c.packets[d][i]
+                self.bytes[key] = self.bytes.get(key, 0) + c.bytes[d][i]
+        for reason in DropReason:
+            if c.dropped[reason]:
+                self.dropped[reason.label] = self.dropped.get(reason.label, 0) + c.dropped[reason]
+        for icmp_key, value in c.icmp_errors.items():
+            self.icmp_errors[icmp_key] = self.icmp_errors.get(icmp_key, 0) + value
+
+
+# -- the worker -------------------------------------------------------------------------
+
+
+class Worker:
+    """Runs in the child process: translation loop plus the supervisor's requests."""
+
+    def __init__(self, fd: int, offloads: int, plane: Plane, channel: socket.socket) -> None:
+        self.fd = fd
+        self.offloads = offloads
+        self.plane = plane
+        self.channel = channel
+        self.pool = plane.new_pool()
+        self._restore_leases()
+        self.counters = Counters(len(plane.mappings))
+        self.totals = Totals()
+        self.datapath = DataPath(
+            fd, Translator(plane.settings, plane.tables(), self.pool), self.counters
+        )
+        self._install(plane.settings, self.datapath.translator.tables)
+        self.stopping = False
+
+    def _install(self, settings: TranslatorSettings, tables: Tables) -> None:
+        """The translator, plus a twin with MTU rules lifted for TCP super-packets.
+
+        The twin shares tables and pool; a super-packet is cut to the real MTU
+        by the kernel after translation, so the size checks do not apply to it.
+        """
+        self.datapath.translator = Translator(settings, tables, self.pool)
+        self.datapath.gso_translator = (
+            Translator(replace(settings, mtu=65535, lowest_ipv6_mtu=65535), tables, self.pool)
+            if self.offloads
+            else None
+        )
+        self.datapath.select_loop()
+
+    # -- leases ------------------------------------------------------------------------
+
+    def _restore_leases(self) -> None:
+        try:
+            text = Path(self.plane.lease_file).read_text()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read leases %s: %s", self.plane.lease_file, exc)
+            return
+        kept = self.pool.restore(text, time.monotonic())
+        log.info("restored %d pool4 leases from %s", kept, self.plane.lease_file)
+
+    def save_leases(self) -> None:
+        try:
+            atomic_write(Path(self.plane.lease_file), self.pool.dump(time.monotonic()))
+        except OSError as exc:
+            log.warning("cannot save leases to %s: %s", self.plane.lease_file, exc)
+
+    # -- requests from the supervisor ----------------------------------------------------
+
+    def handle(self, message: tuple[Any, ...]) -> Any:
+        command = message[0]
+        if command == "snapshot":
+            return self.snapshot()
+        if command == "apply":
+            return self.apply(message[1])
+        if command == "stop":
+            self.stopping = True
+            return "ok"
+        return ("error", f"unknown worker command {command!r}")
+
+    def apply(self, plane: Plane) -> tuple[str, str]:
+        try:
+            tables = plane.tables()
+        except ValueError as exc:
+            return ("error", str(exc))
+        old = self.plane
+        self.totals.absorb([m.name for m in old.mappings], self.counters)
+        self.counters = Counters(len(plane.mappings))
+        self.datapath.counters = self.counters
+        note = ""
+        if plane.pool_key != old.pool_key:
+            pool = plane.new_pool()
+            kept = pool.restore(self.pool.dump(time.monotonic()), time.monotonic())
+            self.pool = pool
+            note = f"pool4 settings changed: kept {kept} leases that still fit"
+        if plane.pool_key != old.pool_key or plane.settings != old.settings:
+            self._install(plane.settings, tables)
+        else:
+            self.datapath.translator.tables = tables
+            if self.datapath.gso_translator is not None:
+                self.datapath.gso_translator.tables = tables
+        self.plane = plane
+        if plane.lease_file != old.lease_file:
+            self.save_leases()
+        return ("ok", note)
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        names = [m.name for m in self.plane.mappings]
+        totals = self.totals.copy()
+        totals.absorb(names, self.counters)
+        for name in names:
+            for direction in DIRECTIONS:
+                totals.packets.setdefault((name, direction), 0)
+                totals.bytes.setdefault((name, direction), 0)
+        dropped = {
+            r.label: totals.dropped.get(r.label, 0) for r in DropReason if r is not DropReason.NONE
+        }
+        icmp_errors: dict[tuple[str, str], int] = {}
+        for (family, icmp_type), count in totals.icmp_errors.items():
+            table = ICMPV6_ERROR_NAMES if family == "icmpv6" else ICMPV4_ERROR_NAMES
+            key = (family, table.get(icmp_type, f"type_{icmp_type}"))
+            icmp_errors[key] = icmp_errors.get(key, 0) + count
+        pool = self.pool
+        return Snapshot(
+            mappings=list(self.plane.mappings),
+            packets=totals.packets,
+            bytes=totals.bytes,
+            dropped=dropped,
+            icmp_errors=icmp_errors,
+            pool_in_use=pool.in_use,
+            pool_size=pool.size,
+            leases_created=pool.created,
+            leases_expired=pool.expired,
+            pool_refused={"exhausted": pool.refused_exhausted, "prefix_limit": pool.refused_limit},
+            leases=[(v6, v4, max(0.0, now - seen)) for v6, v4, seen in pool.leases()],
+            workers=1,
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def serve_forever(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self.channel.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        channel_fd = self.channel.fileno()
+        send_message(self.channel, ("ready", os.getpid()))
+        next_expire = time.monotonic() + LEASE_EXPIRE_INTERVAL
+        next_save = time.monotonic() + LEASE_SAVE_INTERVAL
+        saved_mark, last_save = (self.pool.created, self.pool.expired), 0.0
+        try:
+            while not self.stopping:
+                dirty = (self.pool.created, self.pool.expired) != saved_mark
+                ready = {fd for fd, _ in poller.poll(250 if dirty else 1000)}
+                now = time.monotonic()
+                asked = channel_fd in ready
+                while self.datapath.run_batch(now) == BATCH_LIMIT and not self.stopping:
+                    now = time.monotonic()
+                    if select.select([channel_fd], [], [], 0)[0]:
+                        asked = True
+                        break  # answer the supervisor between batches
+                if wake_r in ready:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                if asked:
+                    try:
+                        message = recv_message(self.channel)
+                    except (EOFError, OSError):
+                        log.info("supervisor gone; worker exiting")
+                        break
+                    send_message(self.channel, self.handle(message))
+                if now >= next_expire:
+                    self.pool.expire(now)
+                    next_expire = now + LEASE_EXPIRE_INTERVAL
+                # New leases reach the disk within a second, so even SIGKILL keeps them.
+                mark = (self.pool.created, self.pool.expired)
+                if now >= next_save or (mark != saved_mark and now >= last_save + 1.0):
+                    self.save_leases()
+                    saved_mark, last_save = mark, now
+                    next_save = now + LEASE_SAVE_INTERVAL
+        finally:
+            self.save_leases()
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+        return 0
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+
+class WorkerHandle:
+    """The supervisor's side: fork the worker, talk to it, stop it."""
+
+    def __init__(self, fd: int, offloads: int, plane: Plane) -> None:
+        import threading
+
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                parent.close()
+                status = Worker(fd, offloads, plane, child).serve_forever()
+            except BaseException:
+                log.exception("worker failed")
+            finally:
+                os._exit(status)
+        child.close()
+        self.pid = pid
+        self.channel = parent
+        self.lock = threading.Lock()
+        self.channel.settimeout(30)
+        hello = recv_message(self.channel)
+        if hello[0] != "ready":
+            raise RuntimeError(f"worker sent {hello!r} instead of ready")
+
+    def call(self, *message: Any, timeout: float = 10.0) -> Any:
+        with self.lock:
+            self.channel.settimeout(timeout)
+            send_message(self.channel, message)
+            return recv_message(self.channel)
+
+    def alive(self) -> bool:
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self.call("stop", timeout=timeout)
+        except (OSError, EOFError):
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.02)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        self.channel.close()

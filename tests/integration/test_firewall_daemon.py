@@ -1,0 +1,75 @@
+"""Phase 2: the daemon applies the firewall on start, follows SIGHUP, removes it on stop.
+
+These run the real translator on a real TUN (``tests/integration/daemon_lab.py``),
+so the IPv4 half of the rules sees genuinely translated packets from pool4.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.daemon_lab import DaemonLab, base_config
+from tests.integration.test_daemon_e2e import download_sha, serve_http
+from tests.netlab import DEVICE6, Lab
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fwd(lab: Lab, tmp_path: Path) -> Iterator[DaemonLab]:
+    d = DaemonLab(lab, tmp_path)
+    cfg = base_config(tmp_path, d.tun)
+    cfg["firewall"] = {"enabled": True, "backend": "nftables"}
+    cfg["mappings"][0]["allow"] = ["tcp/8080", "icmp"]
+    d.write_config(cfg)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def fetch(d: DaemonLab, port: int) -> subprocess.CompletedProcess[str]:
+    return d.client.run(
+        [
+            "curl",
+            "-sf",
+            "-g",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            f"http://[{DEVICE6}]:{port}/blob",
+        ],
+        check=False,
+        timeout=15,
+    )
+
+
+def tables(d: DaemonLab) -> str:
+    return str(d.router.run(["nft", "list", "tables"]).stdout)
+
+
+def test_daemon_enforces_allow_list_reloads_and_removes(fwd: DaemonLab) -> None:
+    fwd.start()
+    assert "table inet revnat64" in tables(fwd)
+    serve_http(fwd, 1000, port=8081)
+    expected = serve_http(fwd, 200_000, port=8080)  # both serve the same (last) blob
+    assert download_sha(fwd, f"http://[{DEVICE6}]:8080/blob") == expected
+    assert fetch(fwd, 8081).returncode != 0
+    assert fwd.client.run(["ping", "-c", "1", "-W", "3", DEVICE6], check=False).returncode == 0
+    drops = fwd.router.run(["nft", "-j", "list", "counter", "inet", "revnat64", "drop_camera"])
+    assert '"packets": 0' not in drops.stdout
+
+    wider = copy.deepcopy(fwd.config)
+    wider["mappings"][0]["allow"] = ["tcp/8080-8081", "icmp"]
+    fwd.write_config(wider)
+    fwd.reload()
+    assert fetch(fwd, 8081).returncode == 0
+
+    assert fwd.stop() == 0
+    assert "revnat64" not in tables(fwd)

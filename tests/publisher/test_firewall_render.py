@@ -1,0 +1,209 @@
+"""Golden tests of the rendered firewall rulesets, and nft's own syntax check of each.
+
+The golden files are the exact ``revnat64 firewall --print`` output; a change
+to the ruleset shows up as a readable diff.  Regenerate them with
+``REVNAT64_UPDATE_GOLDEN=1 python -m pytest tests/publisher/test_firewall_render.py``
+and review the diff before committing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from publisher.config import Config, parse_config_text
+from publisher.firewall import backend_for, render_iptables, render_nftables
+from publisher.firewall_common import PortRange, ports_by_proto
+from publisher.firewall_iptables import CHAIN_MAX, mapping_chain, plan_iptables
+from tests.netlab import Lab
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("REVNAT64_UPDATE_GOLDEN") == "1"
+
+BASE = """\
+translator:
+  tun_device: rn64t0
+  ipv4_address: 198.51.100.1
+  ipv6_address: 2001:db8:200::1
+  pool4: 198.51.100.0/24
+wan: {interface: wan0}
+lan: {interface: br-lan}
+"""
+
+SINGLE = (
+    BASE
+    + """\
+mappings:
+  - name: frontdoor-cam
+    ipv6: 2001:db8:200::50
+    ipv4: 192.0.2.50
+    allow: [tcp/80, tcp/554, udp/7, icmp]
+"""
+)
+
+FULL = (
+    BASE
+    + """\
+mappings:
+  - name: cam
+    ipv6: 2001:db8:200::50
+    ipv4: 192.0.2.50
+    allow: [tcp/80, tcp/8000-8002, tcp/8001-8010, udp/7000, icmp]
+  - name: nas
+    ipv6: 2001:db8:200::51
+    ipv4: 192.0.2.51
+    allow: [tcp/443, udp/5353]
+    sources: [2001:db8:1::2/128, 2001:db8:ffff::/48]
+    masquerade: true
+    rate_limit: 20/second
+  - name: lab-range
+    ipv6: 2001:db8:200:1::/126
+    ipv4: 192.0.2.128/30
+    allow: [tcp/8080]
+    rate_limit: 100/minute
+"""
+)
+
+CASES = {
+    "firewall_single.nft": (SINGLE, "nftables"),
+    "firewall_full.nft": (FULL, "nftables"),
+    "firewall_iptables.rules": (FULL, "iptables"),
+}
+
+
+def config(text: str, name: str = "golden.yaml") -> Config:
+    return parse_config_text(text, name)
+
+
+def check_golden(name: str, rendered: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(rendered, encoding="utf-8")
+    assert rendered == path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_print_matches_golden(name: str, tmp_path: Path) -> None:
+    """The CLI's --print output, byte for byte."""
+    text, backend = CASES[name]
+    cfg_file = tmp_path / "golden.yaml"
+    cfg_file.write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "publisher.cli", "firewall", "-c", "golden.yaml", "--print"]
+        + ["--backend", backend],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    check_golden(name, proc.stdout)
+
+
+@pytest.fixture
+def scratch_netns() -> Iterator[str]:
+    with Lab("nftc") as lab:
+        yield lab.netns("chk").name
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.endswith(".nft")))
+def test_rendered_nft_passes_nft_check(name: str, scratch_netns: str, tmp_path: Path) -> None:
+    """nft itself parses and evaluates each golden script (``nft -c`` changes nothing)."""
+    script = tmp_path / name
+    script.write_text(render_nftables(config(CASES[name][0])), encoding="utf-8")
+    proc = subprocess.run(
+        ["ip", "netns", "exec", scratch_netns, "nft", "-c", "-f", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_counters_are_carried_into_the_new_table() -> None:
+    rendered = render_nftables(config(SINGLE), {"drop_frontdoor-cam": (7, 700)})
+    block = rendered.split("counter drop_frontdoor-cam {", 1)[1].split("}", 1)[0]
+    assert "packets 7 bytes 700" in block
+
+
+def test_prefix_drops_the_ipv4_source_check() -> None:
+    """Clients inside an RFC 6052 prefix keep their own IPv4 address: no source check possible."""
+    with_prefix = SINGLE.replace(
+        "  pool4: 198.51.100.0/24\n", "  pool4: 198.51.100.0/24\n  prefix: 2001:db8:100::/40\n"
+    )
+    plain, prefixed = render_nftables(config(SINGLE)), render_nftables(config(with_prefix))
+    assert "ip saddr != 198.51.100.0/24" in plain
+    assert "ip saddr !=" not in prefixed
+    assert "-i rn64t0 -s 198.51.100.0/24 -j REVNAT64-IN4" in render_iptables(config(SINGLE))
+    assert "-i rn64t0 -j REVNAT64-IN4" in render_iptables(config(with_prefix))
+
+
+def test_no_mappings_renders_a_valid_closed_ruleset(scratch_netns: str, tmp_path: Path) -> None:
+    cfg = config(BASE + "mappings: []\n")
+    script = tmp_path / "empty.nft"
+    script.write_text(render_nftables(cfg), encoding="utf-8")
+    proc = subprocess.run(
+        ["ip", "netns", "exec", scratch_netns, "nft", "-c", "-f", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'counter name "unmapped" drop' in script.read_text()
+
+
+def test_port_ranges_merge() -> None:
+    cfg = config(FULL)
+    merged = ports_by_proto(cfg.mappings[0].allow)
+    assert merged == {"tcp": [PortRange(80, 80), PortRange(8000, 8010)],
+                      "udp": [PortRange(7000, 7000)], "icmp": []}  # fmt: skip
+
+
+def test_iptables_multiport_is_split_at_15_ports() -> None:
+    ports = ", ".join(f"tcp/{p}" for p in range(1000, 1040, 2))  # 20 single ports
+    cfg = config(SINGLE.replace("[tcp/80, tcp/554, udp/7, icmp]", f"[{ports}]"))
+    rules = [r for r in plan_iptables(cfg).tables[("ip6", "filter")] if "--dports" in r]
+    counts = [len(r.split("--dports ")[1].split()[0].split(",")) for r in rules]
+    assert counts == [15, 5]
+
+
+def test_long_mapping_names_fit_iptables_chain_names() -> None:
+    long_a, long_b = "a" * 40 + "-x", "a" * 40 + "-y"
+    cfg = config(
+        BASE
+        + f"""mappings:
+  - {{name: {long_a}, ipv6: 2001:db8:200::50, ipv4: 192.0.2.50, allow: [tcp/80]}}
+  - {{name: {long_b}, ipv6: 2001:db8:200::51, ipv4: 192.0.2.51, allow: [tcp/80]}}
+"""
+    )
+    names = [mapping_chain(m) for m in cfg.mappings]
+    assert all(len(n) <= CHAIN_MAX for n in names)
+    assert len(set(names)) == 2
+
+
+def test_apply_refuses_when_firewall_disabled(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "off.yaml"
+    cfg_file.write_text(SINGLE + "firewall: {enabled: false}\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "publisher.cli", "firewall", "-c", str(cfg_file), "--apply"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert f"{cfg_file}: firewall.enabled is false: refusing to apply" in proc.stderr
+
+
+def test_backend_for_follows_config_and_override() -> None:
+    cfg = config(SINGLE + "firewall: {backend: iptables}\n")
+    assert backend_for(cfg).name == "iptables"
+    assert backend_for(cfg, "nftables").name == "nftables"
+    assert backend_for(config(SINGLE)).name == "nftables"

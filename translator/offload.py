@@ -1,0 +1,141 @@
+"""virtio-net headers: TUN offloads around the sans-IO core.
+
+With ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` the kernel hands the translator
+TCP "super-packets" of up to 64 KiB (one translation instead of ~40) and
+leaves TCP/UDP checksums *partial*: the L4 checksum field then holds the
+folded pseudo-header sum, not a finished checksum, and whoever transmits
+the packet completes it (``VIRTIO_NET_HDR_F_NEEDS_CSUM``).
+
+The core only knows finished checksums, so this module wraps it:
+
+* A partial field ``S`` is complemented before translation.  RFC 1624's
+  update ``HC' = ~(~HC + m' - m)`` applied to ``~S`` yields ``~(S + m' - m)``;
+  complementing the result again gives exactly the partial seed the kernel
+  expects for the new addresses, ``S + m' - m`` (see docs/performance.md).
+  The per-mapping precomputed deltas of the core are reused unchanged.
+* Where the core must *see* a finished checksum (an IPv4 packet it will
+  fragment, a UDP seed that would read as "no checksum"), the checksum is
+  completed in software first and the packet leaves as an ordinary one.
+* The header's gso_type flips between TCPV4 and TCPV6 (ECN bit kept), and
+  csum_start/hdr_len move with the IP header length; gso_size is unchanged.
+
+Everything here is pure: bytes and integers in, bytes out.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .checksum import ones_sum
+
+VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_off
+VNET_HDR_LEN = VNET_HDR.size  # 10
+NO_VNET = bytes(VNET_HDR_LEN)
+
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+
+# TUNSETOFFLOAD flags (linux/if_tun.h)
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+
+UDP_CSUM_OFFSET = 6
+PROTO_TCP = 6
+PROTO_UDP = 17
+IPV4_DF = 0x4000
+
+_U16 = struct.Struct("!H")
+
+
+def _l4_start(pkt: bytes) -> tuple[int, int]:
+    """(offset of the L4 header, protocol) for a packet the kernel marked partial."""
+    if pkt[0] >> 4 == 4:
+        return (pkt[0] & 0x0F) * 4, pkt[9]
+    return 40, pkt[6]
+
+
+def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
+    """Finish a partial checksum in software (what a NIC would do).
+
+    The field holds the pseudo-header seed, so the ones' complement sum of
+    everything from ``csum_start`` already includes it.
+    """
+    field = csum_start + csum_offset
+    value = ~ones_sum(pkt[csum_start:]) & 0xFFFF
+    if value == 0 and csum_offset == UDP_CSUM_OFFSET:
+        value = 0xFFFF  # UDP sends a computed zero as all ones (RFC 768)
+    return pkt[:field] + _U16.pack(value) + pkt[field + 2 :]
+
+
+def flip_checksum(pkt: bytes, field: int) -> bytes:
+    """Complement the 16-bit word at ``field``."""
+    value = _U16.unpack_from(pkt, field)[0] ^ 0xFFFF
+    return pkt[:field] + _U16.pack(value) + pkt[field + 2 :]
+
+
+def prepare(vnet: bytes, pkt: bytes, lowest_ipv6_mtu: int) -> tuple[bytes, int, int]:
+    """Turn a packet read with a virtio-net header into one the core can translate.
+
+    Returns ``(packet, csum_offset, gso)``: ``csum_offset`` is 0 when the packet
+    now carries a finished checksum (or none), else the offset of the checksum
+    field inside the L4 header, which was complemented and must be complemented
+    back in the output by :func:`finish`.  ``gso`` is the header's gso_type.
+    """
+    flags, gso, _hdr_len, _gso_size, csum_start, csum_offset = VNET_HDR.unpack(vnet)
+    if not flags & F_NEEDS_CSUM:
+        return pkt, 0, gso
+    l4, proto = _l4_start(pkt)
+    if csum_start != l4 or proto not in (PROTO_TCP, PROTO_UDP):
+        # IPv4 options or IPv6 extension headers: finish here, stay simple.
+        return complete_checksum(pkt, csum_start, csum_offset), 0, GSO_NONE
+    field = l4 + csum_offset
+    if gso == GSO_NONE:
+        seed = _U16.unpack_from(pkt, field)[0]
+        too_big_v4 = (
+            pkt[0] >> 4 == 4
+            and not _U16.unpack_from(pkt, 6)[0] & IPV4_DF
+            and len(pkt) + 20 > lowest_ipv6_mtu
+        )
+        if too_big_v4 or (proto == PROTO_UDP and seed == 0xFFFF):
+            # The core will fragment it, or the complemented seed would read as
+            # "UDP without checksum": give it a finished checksum instead.
+            return complete_checksum(pkt, csum_start, csum_offset), 0, GSO_NONE
+    return flip_checksum(pkt, field), csum_offset, gso
+
+
+def finish(out: bytes, csum_offset: int, gso: int, gso_size: int) -> tuple[bytes, bytes]:
+    """The virtio-net header and packet to write for one translated output packet."""
+    if not csum_offset:
+        return NO_VNET, out
+    if out[0] >> 4 == 4:
+        l4 = (out[0] & 0x0F) * 4
+        proto = out[9]
+        new_gso = (gso & GSO_ECN) | GSO_TCPV4 if gso & 0x7F in (GSO_TCPV4, GSO_TCPV6) else gso
+    else:
+        l4 = 40
+        proto = out[6]
+        new_gso = (gso & GSO_ECN) | GSO_TCPV6 if gso & 0x7F in (GSO_TCPV4, GSO_TCPV6) else gso
+    if proto not in (PROTO_TCP, PROTO_UDP):
+        # The core added an extension header (a fragment header): no offload for it.
+        return NO_VNET, out
+    field = l4 + csum_offset
+    out = flip_checksum(out, field)
+    if proto == PROTO_TCP:
+        hdr_len = l4 + ((out[l4 + 12] >> 4) * 4)
+    else:
+        hdr_len = l4 + 8
+    if gso == GSO_NONE:
+        return VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, hdr_len, 0, l4, csum_offset), out
+    return VNET_HDR.pack(F_NEEDS_CSUM, new_gso, hdr_len, gso_size, l4, csum_offset), out
+
+
+def gso_size_of(vnet: bytes) -> int:
+    return int(VNET_HDR.unpack(vnet)[3])

@@ -1,0 +1,288 @@
+"""The IPv4 lease pool: one pool4 address per IPv6 client that is not otherwise mapped.
+
+This is the only mutable mapping state.  A lease binds an IPv6 source address to a
+pool4 address until it has been idle for ``lease_time`` seconds.  Design points:
+
+* **No theft.**  An active lease is never reassigned.  When no address is free, the
+  least recently used lease is reused only if it has expired; otherwise the new
+  client is refused (``POOL_EXHAUSTED``).  Never-used addresses are handed out before
+  expired ones, and expired ones least-recently-used first, so an address rests as
+  long as possible before it names somebody else.
+* **Per-prefix limit.**  Anyone can source packets from millions of addresses of their
+  own /64; ``limit_per_prefix`` leases per ``limit_prefix_len`` prefix stop one
+  subscriber from draining the pool (``LEASE_LIMIT``).
+* **Cheap refresh.**  Leases sit in an insertion-ordered dict keyed by the raw IPv6
+  address; a packet in either direction sets ``last_seen`` and moves the lease to the
+  end (O(1), no allocation).  The front of the dict is therefore always the least
+  recently used lease, which makes both ``expire`` and LRU reuse O(1) per lease.
+* **Lazy address walk.**  Fresh addresses come from a cursor over the range, so a /16
+  pool costs nothing until it is used.
+* Each lease caches its RFC 1624 checksum delta ``sum(ipv6) - sum(ipv4)``.
+
+Time is always passed in (``now``, monotonic seconds).  ``dump`` stores idle ages, not
+timestamps, so a dump survives a reboot of the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+
+from .checksum import delta as checksum_delta
+from .verdict import DropReason
+
+DUMP_VERSION = 1
+
+
+class Lease:
+    """One IPv6 client <-> pool4 address binding."""
+
+    __slots__ = ("v6", "v4", "last_seen", "delta", "prefix")
+
+    def __init__(self, v6: bytes, v4: bytes, last_seen: float, prefix: int) -> None:
+        self.v6 = v6
+        self.v4 = v4
+        self.last_seen = last_seen
+        self.delta = checksum_delta(v6, v4)
+        self.prefix = prefix
+
+
+class Pool4:
+    """Pool of IPv4 addresses leased to IPv6 clients (see module docstring)."""
+
+    def __init__(
+        self,
+        network: str | ipaddress.IPv4Network,
+        lease_time: float = 7200.0,
+        limit_per_prefix: int = 16,
+        limit_prefix_len: int = 64,
+        reserved: Iterable[str | ipaddress.IPv4Address] = (),
+    ) -> None:
+        try:
+            net = ipaddress.IPv4Network(network, strict=True)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"pool4: {exc}") from None
+        if lease_time <= 0:
+            raise ValueError("pool4: lease_time must be positive")
+        if limit_per_prefix < 0:
+            raise ValueError("pool4: limit_per_prefix must be >= 0 (0 = unlimited)")
+        if not 0 <= limit_prefix_len <= 128:
+            raise ValueError("pool4: limit_prefix_len must be within 0..128")
+        self.network = net
+        self.lease_time = float(lease_time)
+        self.limit_per_prefix = limit_per_prefix
+        self.limit_prefix_len = limit_prefix_len
+        self._prefix_shift = 128 - limit_prefix_len
+        first = int(net.network_address)
+        last = int(net.broadcast_address)
+        if net.prefixlen < 31:  # RFC 3021: /31 and /32 have no network/broadcast address
+            first += 1
+            last -= 1
+        self._first = first
+        self._last = last
+        self._cursor = first
+        reserved_set: set[bytes] = set()
+        for r in reserved:
+            try:
+                a = ipaddress.IPv4Address(r)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"pool4: reserved: {exc}") from None
+            if first <= int(a) <= last:
+                reserved_set.add(a.packed)
+        self._reserved = frozenset(reserved_set)
+        self.size = max(0, last - first + 1 - len(reserved_set))
+        self._by6: OrderedDict[bytes, Lease] = OrderedDict()
+        self._by4: dict[bytes, Lease] = {}
+        self._recycled: deque[bytes] = deque()
+        self._per_prefix: dict[int, int] = {}
+        self.created = 0
+        self.expired = 0
+        self.refused_exhausted = 0
+        self.refused_limit = 0
+
+    # -- metrics ----------------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        """Number of leases currently held (active or expired but not yet reclaimed)."""
+        return len(self._by6)
+
+    # -- hot path ---------------------------------------------------------------------
+
+    def contains4(self, a4: bytes) -> bool:
+        """True if ``a4`` lies inside the pool network."""
+        n = int.from_bytes(a4, "big")
+        return self._first <= n <= self._last or a4 in self._reserved
+
+    def lookup6(self, v6: bytes, now: float) -> Lease | None:
+        """The lease of IPv6 client ``v6``, refreshed; None if it has none."""
+        lease = self._by6.get(v6)
+        if lease is not None:
+            lease.last_seen = now
+            self._by6.move_to_end(v6)
+        return lease
+
+    def lookup4(self, v4: bytes, now: float) -> Lease | None:
+        """The active lease of pool address ``v4``, refreshed; None if none or expired."""
+        lease = self._by4.get(v4)
+        if lease is None or now - lease.last_seen >= self.lease_time:
+            return None
+        lease.last_seen = now
+        self._by6.move_to_end(lease.v6)
+        return lease
+
+    def peek6(self, v6: bytes) -> Lease | None:
+        """The lease of ``v6`` without refreshing it (ICMP error inner packets)."""
+        return self._by6.get(v6)
+
+    def peek4(self, v4: bytes) -> Lease | None:
+        """The lease of ``v4`` without refreshing it (ICMP error inner packets)."""
+        return self._by4.get(v4)
+
+    def allocate(self, v6: bytes, now: float) -> Lease | DropReason:
+        """Lease an address to new client ``v6`` or say why not (LEASE_LIMIT, POOL_EXHAUSTED)."""
+        existing = self.lookup6(v6, now)
+        if existing is not None:
+            return existing
+        prefix = int.from_bytes(v6, "big") >> self._prefix_shift
+        if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
+            self.refused_limit += 1
+            return DropReason.LEASE_LIMIT
+        v4 = self._take(now)
+        if v4 is None:
+            self.refused_exhausted += 1
+            return DropReason.POOL_EXHAUSTED
+        self._insert(Lease(v6, v4, now, prefix))
+        self.created += 1
+        return self._by6[v6]
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Free every lease idle for ``lease_time`` or longer; return how many."""
+        freed = 0
+        by6 = self._by6
+        while by6:
+            lease = next(iter(by6.values()))
+            if now - lease.last_seen < self.lease_time:
+                break
+            self._remove(lease)
+            self._recycled.append(lease.v4)
+            freed += 1
+        self.expired += freed
+        return freed
+
+    def release_if(self, predicate: Callable[[bytes], bool]) -> int:
+        """Free every lease whose raw IPv6 address satisfies ``predicate`` (table reloads)."""
+        doomed = [le for le in self._by6.values() if predicate(le.v6)]
+        for lease in doomed:
+            self._remove(lease)
+            self._recycled.append(lease.v4)
+        return len(doomed)
+
+    def leases(self) -> list[tuple[str, str, float]]:
+        """(ipv6, ipv4, last_seen) of every lease, least recently used first."""
+        return [
+            (
+                str(ipaddress.IPv6Address(le.v6)),
+                str(ipaddress.IPv4Address(le.v4)),
+                le.last_seen,
+            )
+            for le in self._by6.values()
+        ]
+
+    def dump(self, now: float) -> str:
+        """JSON snapshot of the leases with their idle ages (see ``restore``)."""
+        return json.dumps(
+            {
+                "version": DUMP_VERSION,
+                "network": str(self.network),
+                "leases": [
+                    {"ipv6": v6, "ipv4": v4, "idle": max(0.0, now - seen)}
+                    for v6, v4, seen in self.leases()
+                ],
+            },
+            indent=1,
+        )
+
+    def restore(self, text: str, now: float) -> int:
+        """Load leases from a ``dump``; return how many were kept.
+
+        Keeps only well-formed leases that are still valid (idle < lease_time), inside
+        this pool, not reserved, not already taken (either side) and within the
+        per-prefix limit.  Anything else in ``text``, including garbage, is ignored.
+        """
+        try:
+            doc = json.loads(text)
+        except (ValueError, TypeError, RecursionError):
+            return 0
+        if not isinstance(doc, dict) or doc.get("version") != DUMP_VERSION:
+            return 0
+        items = doc.get("leases")
+        if not isinstance(items, list):
+            return 0
+        parsed: list[tuple[float, bytes, bytes]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            try:
+                v6 = ipaddress.IPv6Address(item["ipv6"]).packed
+                v4 = ipaddress.IPv4Address(item["ipv4"]).packed
+                idle = float(item["idle"])
+            except (KeyError, ValueError, TypeError, ipaddress.AddressValueError):
+                continue
+            if not 0.0 <= idle < self.lease_time:  # also rejects NaN
+                continue
+            parsed.append((idle, v6, v4))
+        parsed.sort(key=lambda t: -t[0])  # most idle first: the front of the LRU order
+        kept = 0
+        for idle, v6, v4 in parsed:
+            n = int.from_bytes(v4, "big")
+            if not self._first <= n <= self._last or v4 in self._reserved:
+                continue
+            if v6 in self._by6 or v4 in self._by4:
+                continue
+            prefix = int.from_bytes(v6, "big") >> self._prefix_shift
+            if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
+                continue
+            self._insert(Lease(v6, v4, now - idle, prefix))
+            kept += 1
+        return kept
+
+    # -- internals --------------------------------------------------------------------
+
+    def _insert(self, lease: Lease) -> None:
+        self._by6[lease.v6] = lease
+        self._by4[lease.v4] = lease
+        self._per_prefix[lease.prefix] = self._per_prefix.get(lease.prefix, 0) + 1
+
+    def _remove(self, lease: Lease) -> None:
+        del self._by6[lease.v6]
+        del self._by4[lease.v4]
+        left = self._per_prefix[lease.prefix] - 1
+        if left:
+            self._per_prefix[lease.prefix] = left
+        else:
+            del self._per_prefix[lease.prefix]
+
+    def _take(self, now: float) -> bytes | None:
+        """A free address: never used first, then reclaimed LRU-first, then the LRU lease
+        if it has expired.  None if every address is actively leased."""
+        while self._cursor <= self._last:
+            v4 = self._cursor.to_bytes(4, "big")
+            self._cursor += 1
+            if v4 not in self._reserved and v4 not in self._by4:
+                return v4
+        while self._recycled:
+            v4 = self._recycled.popleft()
+            if v4 not in self._by4:
+                return v4
+        if self._by6:
+            oldest = next(iter(self._by6.values()))
+            if now - oldest.last_seen >= self.lease_time:
+                self._remove(oldest)
+                self.expired += 1
+                return oldest.v4
+        return None

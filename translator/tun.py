@@ -1,0 +1,275 @@
+"""The I/O shell around the translator: the only module that touches the TUN fd.
+
+It opens the TUN device, drains it in batches (non-blocking reads until the
+queue is empty, so a busy link costs one poll per batch, not per packet),
+hands each packet to :meth:`Translator.translate` and writes whatever the
+verdict says back to the same TUN; the kernel routes translated packets and
+ICMP errors alike.  Counting is plain integer arithmetic on preallocated
+lists indexed by mapping and drop reason; the control plane reads them on
+scrape, so the packet path never calls into a metrics library.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from dataclasses import dataclass, field
+
+from translator import Action, DropReason, Translator
+from translator.offload import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUN_F_TSO_ECN,
+    VNET_HDR_LEN,
+    finish,
+    gso_size_of,
+    prepare,
+)
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+
+TUN_PATH = "/dev/net/tun"
+READ_SIZE = 65536 + 64
+BATCH_LIMIT = 256  # packets per batch before the caller gets to look at signals
+
+DIRECTION_6TO4 = 0
+DIRECTION_4TO6 = 1
+
+# ICMP type numbers of the errors the translator sends, for per-type counting.
+ICMPV4_ERROR_NAMES = {3: "destination_unreachable", 11: "time_exceeded", 12: "parameter_problem"}
+ICMPV6_ERROR_NAMES = {
+    1: "destination_unreachable",
+    2: "packet_too_big",
+    3: "time_exceeded",
+    4: "parameter_problem",
+}
+
+
+OFFLOAD_SETS = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    TUN_F_CSUM,
+)
+
+
+def open_tun(name: str, multi_queue: bool = False, offloads: bool = False) -> tuple[int, int]:
+    """Create (or attach to) TUN device ``name``: IFF_TUN, no packet-info header.
+
+    With ``offloads`` the device gets a virtio-net header and the richest
+    offload set the kernel accepts (it refuses masks it does not know).
+    Returns ``(fd, offload_flags)``; the flags are 0 when offloads are off.
+    """
+    flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    if offloads:
+        flags |= IFF_VNET_HDR
+    fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+        enabled = 0
+        if offloads:
+            for mask in OFFLOAD_SETS:
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, mask)
+                except OSError:
+                    continue
+                enabled = mask
+                break
+    except OSError:
+        os.close(fd)
+        raise
+    if offloads and not enabled:
+        # No offload accepted: a virtio-net header would only cost; start over without.
+        os.close(fd)
+        return open_tun(name, multi_queue, offloads=False)
+    os.set_blocking(fd, False)
+    return fd, enabled
+
+
+@dataclass
+class Counters:
+    """Plain-integer counters the data path bumps; sized once per table generation.
+
+    ``packets[direction][mapping]`` with one extra slot at the end for
+    ``mapping == -1`` (traffic that no mapping owns, e.g. via the RFC 6052 prefix).
+    """
+
+    mapping_count: int
+    packets: list[list[int]] = field(init=False)
+    bytes: list[list[int]] = field(init=False)
+    dropped: list[int] = field(init=False)
+    icmp_errors: dict[tuple[str, int], int] = field(default_factory=dict)
+    read_errors: int = 0
+    write_errors: int = 0
+
+    def __post_init__(self) -> None:
+        n = self.mapping_count + 1
+        self.packets = [[0] * n, [0] * n]
+        self.bytes = [[0] * n, [0] * n]
+        self.dropped = [0] * (max(int(r) for r in DropReason) + 1)
+
+
+def describe_offloads(mask: int) -> str:
+    names = [
+        n
+        for bit, n in (
+            (TUN_F_CSUM, "csum"),
+            (TUN_F_TSO4, "tso4"),
+            (TUN_F_TSO6, "tso6"),
+            (TUN_F_TSO_ECN, "tso_ecn"),
+        )
+        if mask & bit
+    ]
+    return ", ".join(names) if names else "none (the kernel refused them)"
+
+
+class DataPath:
+    """Reads, translates, writes and counts for one TUN queue.
+
+    Two loops share the counting: :meth:`run_batch` for a plain TUN and
+    :meth:`run_batch_vnet` for one opened with a virtio-net header, where a
+    TCP super-packet goes through ``gso_translator`` (the same tables and pool,
+    but MTU rules lifted: the kernel segments it to the real MTU afterwards).
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        translator: Translator,
+        counters: Counters,
+        gso_translator: Translator | None = None,
+    ) -> None:
+        self.fd = fd
+        self.translator = translator
+        self.gso_translator = gso_translator
+        self.counters = counters
+        self.run_batch = self.run_batch_plain
+        self.select_loop()
+
+    def select_loop(self) -> None:
+        """Pick the loop that matches how the TUN was opened (after any translator swap)."""
+        vnet = self.gso_translator is not None
+        self.run_batch = self.run_batch_vnet if vnet else self.run_batch_plain
+
+    def run_batch_plain(self, now: float) -> int:
+        """Drain up to BATCH_LIMIT packets; return how many were read (0: queue empty)."""
+        fd = self.fd
+        read = os.read
+        write = os.write
+        translate = self.translator.translate
+        c = self.counters
+        packets, nbytes, dropped = c.packets, c.bytes, c.dropped
+        forward = Action.FORWARD
+        drop = Action.DROP
+        count = 0
+        while count < BATCH_LIMIT:
+            try:
+                pkt = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                c.read_errors += 1
+                break
+            count += 1
+            verdict = translate(pkt, now)
+            action = verdict[0]
+            if action is drop:
+                dropped[verdict[2]] += 1
+                continue
+            direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
+            for out in verdict[1]:
+                try:
+                    write(fd, out)
+                except OSError as exc:
+                    c.write_errors += 1
+                    if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO):
+                        raise
+                    continue
+                if action is forward:
+                    packets[direction][verdict[3]] += 1
+                    nbytes[direction][verdict[3]] += len(out)
+            if action is not forward:
+                dropped[verdict[2]] += 1
+                self._count_icmp_error(verdict[1])
+        return count
+
+    def run_batch_vnet(self, now: float) -> int:
+        """Like :meth:`run_batch_plain`, with a virtio-net header on every read and write."""
+        fd = self.fd
+        read = os.read
+        writev = os.writev
+        translate = self.translator.translate
+        gso_translator = self.gso_translator
+        assert gso_translator is not None
+        translate_gso = gso_translator.translate
+        lowest = self.translator.lowest_ipv6_mtu
+        c = self.counters
+        packets, nbytes, dropped = c.packets, c.bytes, c.dropped
+        forward = Action.FORWARD
+        drop = Action.DROP
+        count = 0
+        while count < BATCH_LIMIT:
+            try:
+                data = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                c.read_errors += 1
+                break
+            count += 1
+            if len(data) <= VNET_HDR_LEN:
+                dropped[DropReason.MALFORMED] += 1
+                continue
+            vnet = data[:VNET_HDR_LEN]
+            pkt, csum_offset, gso = prepare(vnet, data[VNET_HDR_LEN:], lowest)
+            verdict = translate_gso(pkt, now) if gso else translate(pkt, now)
+            action = verdict[0]
+            if action is drop:
+                dropped[verdict[2]] += 1
+                continue
+            direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
+            gso_size = gso_size_of(vnet) if gso else 0
+            for out in verdict[1]:
+                hdr, body = finish(out, csum_offset if action is forward else 0, gso, gso_size)
+                try:
+                    writev(fd, (hdr, body))
+                except OSError as exc:
+                    c.write_errors += 1
+                    if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO):
+                        raise
+                    continue
+                if action is forward:
+                    if gso_size:
+                        # Count wire packets: the kernel cuts this into segments.
+                        hdr_len = hdr[2] | hdr[3] << 8
+                        segments = -(-(len(body) - hdr_len) // gso_size)
+                        packets[direction][verdict[3]] += segments
+                        nbytes[direction][verdict[3]] += len(body) + (segments - 1) * hdr_len
+                    else:
+                        packets[direction][verdict[3]] += 1
+                        nbytes[direction][verdict[3]] += len(body)
+            if action is not forward:
+                dropped[verdict[2]] += 1
+                self._count_icmp_error(verdict[1])
+        return count
+
+    def _count_icmp_error(self, outs: tuple[bytes, ...]) -> None:
+        for out in outs:
+            if not out:
+                continue
+            if out[0] >> 4 == 6 and len(out) > 40:
+                key = ("icmpv6", out[40])
+            elif len(out) > 20:
+                key = ("icmpv4", out[(out[0] & 0x0F) * 4])
+            else:
+                continue
+            errors = self.counters.icmp_errors
+            errors[key] = errors.get(key, 0) + 1
