@@ -24,7 +24,7 @@ from .ip4to6 import translate_4to6
 from .ip6to4 import acceptable_source6, translate_6to4
 from .pool import Pool4
 from .tables import Tables
-from .verdict import DROP_MALFORMED, Action, DropReason, Verdict, drop
+from .verdict import DROP_MALFORMED, DROP_MULTICAST, Action, DropReason, Verdict, drop
 
 UDP_ZERO_CHECKSUM_MODES = ("compute", "drop")
 
@@ -123,6 +123,8 @@ class Translator:
         try:
             version = packet[0] >> 4
             if version == 6:
+                if packet[24] == 0xFF:
+                    return DROP_MULTICAST
                 return translate_6to4(self, packet, now)
             if version == 4:
                 return translate_4to6(self, packet, now)
