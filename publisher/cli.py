@@ -123,7 +123,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem)
         return 1
-    problems = system_problems(cfg)
+    from publisher.dns_records import name_collisions
+
+    problems = name_collisions(cfg) + system_problems(cfg)
     for problem in problems:
         print(problem)
     if problems:

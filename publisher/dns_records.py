@@ -32,7 +32,7 @@ from ipaddress import IPv4Address, IPv6Address
 import dns.name
 import dns.reversename
 
-from publisher.config import Config, Mapping
+from publisher.config import Config, Mapping, Problem
 
 __all__ = [
     "FORMATS",
@@ -143,6 +143,29 @@ def build_records(cfg: Config, *, ptr: bool = False) -> RecordSet:
                 rev = dns.reversename.from_address(str(v6)).to_text()
                 records.append(DnsRecord(rev, "PTR", fqdn, ttl, m.name))
     return RecordSet(zone_abs, ttl, tuple(records), tuple(warnings))
+
+
+def name_collisions(cfg: Config) -> list[Problem]:
+    """Names two mappings would both publish (a range's ``lab-135`` against a
+    mapping called ``lab-135``, say): the AAAA sets would merge into one name."""
+    owners: dict[str, tuple[int, str]] = {}
+    problems = []
+    index = {m.name: i for i, m in enumerate(cfg.mappings)}
+    for record in build_records(cfg).records:
+        if record.rtype != "AAAA":
+            continue
+        i = index[record.mapping]
+        first = owners.setdefault(record.name.lower(), (i, record.mapping))
+        if first[0] != i:
+            problems.append(
+                Problem(
+                    cfg.path,
+                    f"mappings[{i}].hostname",
+                    f"DNS name {record.name} of {record.mapping!r} is also published by "
+                    f"mappings[{first[0]}] ({first[1]!r}); choose another hostname",
+                )
+            )
+    return problems
 
 
 # --------------------------------------------------------------------------

@@ -381,3 +381,28 @@ def test_arbitrary_text_raises_only_config_error(text: str) -> None:
         parse_config_text(text, "fuzz.yaml")
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_check_rejects_a_dns_name_published_twice(tmp_path: Path) -> None:
+    doc = with_changes(
+        mappings__1__ipv6="2001:db8:3::/120",
+        mappings__1__ipv4="192.0.2.0/24",
+        mappings__1__name="lab",
+        mappings__0__ipv4="203.0.113.50",
+        mappings__0__name="lab-7",
+    )
+    doc["dns"] = {"zone": "cam.example.org."}
+    path = tmp_path / "names.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run(
+        [sys.executable, "-m", "publisher.cli", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert (
+        f"{path}: mappings[1].hostname: DNS name lab-7.cam.example.org. of 'lab' is also "
+        "published by mappings[0] ('lab-7'); choose another hostname"
+    ) in proc.stdout
