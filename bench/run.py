@@ -72,6 +72,18 @@ def rss_kib(pid: int) -> float:
     return 0.0
 
 
+def translator_rss_kib(net: HomeRouterLab) -> float:
+    """RSS of every process in the router namespace: the translator's (revnat64 has two)."""
+    pids = net.router.run(["ip", "netns", "pids", net.router.name]).stdout.split()
+    total = 0.0
+    for pid in pids:
+        try:
+            total += rss_kib(int(pid))
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def route_tun(net: HomeRouterLab) -> None:
     """The routes Tayga users add by hand (revnat64 adds the same ones itself)."""
     r = net.router
@@ -194,21 +206,24 @@ def ping_median_ms(net: HomeRouterLab, dst: str, count: int = 50) -> float:
     return statistics.median(rtts) if rtts else float("nan")
 
 
-def measure(name: str, starter: Any, seconds: int, extra: bool) -> Result:
+def measure(name: str, starter: Any, seconds: int, extra: bool, flood: int = 0) -> Result:
     result = Result(name)
     with Lab("bench") as lab, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         net = home_router_lab(lab, strict=False)
         proc = starter(net, tmp)
         time.sleep(0.5)
-        result.figures["rss_idle_kib"] = rss_kib(proc.pid)
+        result.figures["rss_idle_kib"] = translator_rss_kib(net)
         router_rtt = ping_median_ms(net, "2001:db8:1::1")
         result.figures["ping_median_ms"] = ping_median_ms(net, DEVICE6)
         result.figures["added_rtt_ms"] = result.figures["ping_median_ms"] - router_rtt
         result.figures["tcp_device_to_client_bps"] = iperf(net, seconds, reverse=True)
         result.figures["tcp_client_to_device_bps"] = iperf(net, seconds)
         result.figures["udp64_pps"] = iperf(net, seconds, udp=True)
-        result.figures["rss_after_kib"] = rss_kib(proc.pid)
+        result.figures["rss_after_kib"] = translator_rss_kib(net)
+        if flood:
+            iperf(net, flood, udp=True)
+            result.figures["rss_after_flood_kib"] = translator_rss_kib(net)
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
         if extra:
@@ -216,7 +231,7 @@ def measure(name: str, starter: Any, seconds: int, extra: bool) -> Result:
                 proc = start_revnat64(net, tmp, mappings=mappings, metrics=metrics)
                 time.sleep(0.5)
                 result.figures[f"tcp_device_to_client_bps_{key}"] = iperf(net, seconds, True)
-                result.figures[f"rss_{key}_kib"] = rss_kib(proc.pid)
+                result.figures[f"rss_{key}_kib"] = translator_rss_kib(net)
                 os.kill(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=15)
     return result
@@ -229,6 +244,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("tayga", "revnat64"), help="run just one")
     parser.add_argument("--workers", type=int, default=1, help="revnat64 translator.workers")
     parser.add_argument("--parallel", type=int, default=1, help="iperf3 streams (-P)")
+    parser.add_argument(
+        "--flood-seconds", type=int, default=60, help="UDP flood before the last RSS reading"
+    )
     args = parser.parse_args()
     global WORKERS, PARALLEL
     WORKERS, PARALLEL = args.workers, args.parallel
@@ -237,9 +255,13 @@ def main() -> int:
         return 1
     results = []
     if args.only != "revnat64":
-        results.append(measure("tayga", start_tayga, args.seconds, extra=False))
+        results.append(
+            measure("tayga", start_tayga, args.seconds, extra=False, flood=args.flood_seconds)
+        )
     if args.only != "tayga":
-        results.append(measure("revnat64", start_revnat64, args.seconds, extra=True))
+        results.append(
+            measure("revnat64", start_revnat64, args.seconds, extra=True, flood=args.flood_seconds)
+        )
     report(results, Path(args.json))
     return 0
 

@@ -56,6 +56,9 @@ def validated_plane(cfg: Config) -> Plane:
     return plane
 
 
+MAX_WORKERS = 64  # as publisher.config validates translator.workers
+
+
 def peek_workers(path: str) -> int:
     """``translator.workers`` from the config file, read as a YAML event stream.
 
@@ -94,7 +97,8 @@ def peek_workers(path: str) -> int:
                         expect_key = False
                     else:
                         if in_translator and depth == 2 and key == "workers":
-                            return max(1, int(event.value))
+                            count = int(event.value)
+                            return count if 1 <= count <= MAX_WORKERS else 1
                         expect_key = True
                         key = None
     except (OSError, yaml.YAMLError, ValueError):

@@ -61,6 +61,14 @@ def format_duration(seconds: float) -> str:
     return " ".join(f"{value}{unit}" for value, unit in parts[:2])
 
 
+def _host(address: str) -> str:
+    """``2001:db8::5/128`` -> ``2001:db8::5``: a single-address mapping reads as an address."""
+    for suffix in ("/128", "/32"):
+        if address.endswith(suffix):
+            return address[: -len(suffix)]
+    return address
+
+
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
@@ -81,7 +89,7 @@ def render_status(snap: Snapshot, now: float) -> str:
         header.append("FW DROPS")
     rows = []
     for m in snap.mappings:
-        row = [m.name, m.ipv6, m.ipv4]
+        row = [m.name, _host(m.ipv6), _host(m.ipv4)]
         for direction in ("6to4", "4to6"):
             row.append(format_count(snap.packets.get((m.name, direction), 0)))
             row.append(format_bytes(snap.bytes.get((m.name, direction), 0)))

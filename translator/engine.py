@@ -25,7 +25,7 @@ from .ip6to4 import acceptable_source6, translate_6to4
 from .pool import Pool4
 from .shared_pool import SharedPool4
 from .tables import Tables
-from .verdict import DROP_MALFORMED, Action, DropReason, Verdict, drop
+from .verdict import DROP_MALFORMED, DROP_MULTICAST, Action, DropReason, Verdict, drop
 
 UDP_ZERO_CHECKSUM_MODES = ("compute", "drop")
 
@@ -126,6 +126,8 @@ class Translator:
         try:
             version = packet[0] >> 4
             if version == 6:
+                if packet[24] == 0xFF:
+                    return DROP_MULTICAST
                 return translate_6to4(self, packet, now)
             if version == 4:
                 return translate_4to6(self, packet, now)

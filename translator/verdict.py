@@ -70,6 +70,9 @@ class DropReason(IntEnum):
     ICMP_INNER_UNTRANSLATABLE = 18
     """An ICMP error whose embedded packet is truncated below its IP header or has
     addresses the translator does not map."""
+    MULTICAST = 19
+    """IPv6 multicast destination (ff00::/8), e.g. the kernel's own MLD reports on the
+    TUN: SIIT translates unicast only, and these are not anyone's unmapped address."""
 
     @property
     def label(self) -> str:
@@ -99,3 +102,4 @@ def drop(reason: DropReason, mapping: int = -1) -> Verdict:
 
 _DROPS: dict[DropReason, Verdict] = {r: Verdict(Action.DROP, (), r, -1) for r in DropReason}
 DROP_MALFORMED = _DROPS[DropReason.MALFORMED]
+DROP_MULTICAST = _DROPS[DropReason.MULTICAST]

@@ -12,7 +12,6 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from tests.integration.daemon_lab import DaemonLab, base_config
 from tests.netlab import CLIENT6, DEVICE4, DEVICE6, TRANSLATOR6, Lab, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def dlab(lab: Lab, tmp_path: Path) -> Iterator[DaemonLab]:
-    d = DaemonLab(lab, tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def assert_no_checksum_errors(d: DaemonLab) -> None:

@@ -117,6 +117,8 @@ def test_peek_workers_reads_only_the_translator_key(tmp_path: Path) -> None:
     assert peek_workers(str(path)) == 1
     path.write_text("translator: [\n")
     assert peek_workers(str(path)) == 1
+    path.write_text("translator:\n  workers: 1000\n")
+    assert peek_workers(str(path)) == 1  # out of range: the real load reports it
 
 
 def test_two_workers_one_lease_per_client_and_summed_counters(mq: DaemonLab) -> None:

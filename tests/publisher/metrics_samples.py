@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from publisher.snapshot import MappingInfo, Snapshot
 
 # Fixed "now" for rendering: 2026-01-02 03:04:05 UTC.
@@ -12,7 +14,7 @@ def sample_snapshot() -> Snapshot:
     """Every field set, with distinct values so a swapped field shows up."""
     return Snapshot(
         mappings=[
-            MappingInfo("frontdoor-cam", "2001:db8:200::50", "192.0.2.50", "frontdoor"),
+            MappingInfo("frontdoor-cam", "2001:db8:200::50/128", "192.0.2.50/32", "frontdoor"),
             MappingInfo("nas", "2001:db8:200::51", "192.0.2.51", "nas"),
             MappingInfo("lab-range", "2001:db8:200:1::/121", "192.0.2.128/25", "lab-range"),
         ],
@@ -50,3 +52,21 @@ def sample_snapshot() -> Snapshot:
         ],
         workers=2,
     )
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample as (name, labels) -> value; a repeated series fails the test."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"series exported twice: {key}"
+            out[key] = s.value
+    return out
+
+
+def series(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return (name, frozenset(labels.items()))

@@ -24,24 +24,7 @@ from publisher.metrics import (
 )
 from publisher.snapshot import MappingInfo, Snapshot
 from tests.netlab import wait_for
-from tests.publisher.metrics_samples import NOW, sample_snapshot
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample as (name, labels) -> value; a repeated series fails the test."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            key = (s.name, frozenset(s.labels.items()))
-            assert key not in out, f"series exported twice: {key}"
-            out[key] = s.value
-    return out
-
-
-def series(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
-    return (name, frozenset(labels.items()))
+from tests.publisher.metrics_samples import NOW, Samples, parse, sample_snapshot, series
 
 
 def only_revnat64(samples: Samples) -> Samples:

@@ -17,7 +17,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
     fragment6,
 )
-from scapy.packet import Raw
+from scapy.packet import Raw, raw
 from tr_testlib import (
     CAM4,
     CAM6,
@@ -296,3 +296,13 @@ def test_lease_refreshed_by_both_directions(tr):
     assert tr.pool.leases()[0][2] == 500.0
     tx(tr, IPv6(src=CLIENT6, dst=CAM6) / UDP(), now=900.0)
     assert tr.pool.leases() == [(CLIENT6, POOL_FIRST, 900.0)]
+
+
+def test_multicast_destination_is_dropped_as_multicast_without_an_error():
+    """The kernel's own MLD reports on the TUN are not someone's unmapped address."""
+    from scapy.layers.inet6 import ICMPv6MLReport2
+
+    tr = make_translator()
+    pkt = raw(IPv6(src="fe80::1", dst="ff02::16", hlim=1) / ICMPv6MLReport2())
+    v = tr.translate(pkt, 1.0)
+    assert v.action is Action.DROP and v.reason is DropReason.MULTICAST

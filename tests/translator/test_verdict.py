@@ -26,6 +26,7 @@ EXPECTED = {
     16: "unsupported_protocol",
     17: "bad_checksum",
     18: "icmp_inner_untranslatable",
+    19: "multicast",
 }
 
 
