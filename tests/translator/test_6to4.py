@@ -213,7 +213,7 @@ def test_error_never_about_error_or_multicast(tr):
     v = tx(tr, IPv6(src=CLIENT6, dst="2001:db8:9999::1") / ICMPv6DestUnreach() / inner)
     assert (v.action, v.reason) == (Action.DROP, DropReason.NO_MAPPING)
     v = tx(tr, IPv6(src=CLIENT6, dst="ff02::1") / UDP())
-    assert (v.action, v.reason) == (Action.DROP, DropReason.NO_MAPPING)
+    assert (v.action, v.reason) == (Action.DROP, DropReason.MULTICAST)
 
 
 def test_error_generation_is_rate_limited():
