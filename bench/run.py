@@ -55,6 +55,8 @@ from publisher.lab import (  # noqa: E402
 
 TUN = "nat64"
 INTERVAL = "0.02"
+WORKERS = 1  # --workers: revnat64 translator.workers
+PARALLEL = 1  # --parallel: iperf3 streams (one flow stays on one TUN queue)
 
 
 @dataclass
@@ -130,6 +132,7 @@ def revnat64_config(tmp: Path, mappings: int, metrics: bool) -> Path:
             "ipv4_address": TRANSLATOR4,
             "ipv6_address": TRANSLATOR6,
             "pool4": POOL4,
+            "workers": WORKERS,
         },
         "wan": {"interface": "wan0", "proxy_ndp": False},
         "lan": {"interface": "lan0"},
@@ -176,7 +179,7 @@ def iperf(net: HomeRouterLab, seconds: int, reverse: bool = False, udp: bool = F
         ["iperf3", "-s", "-1", "-B", DEVICE4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     time.sleep(0.3)
-    args = ["iperf3", "-c", DEVICE6, "-t", str(seconds), "-J"]
+    args = ["iperf3", "-c", DEVICE6, "-t", str(seconds), "-J", "-P", str(PARALLEL)]
     if reverse:
         args.append("-R")
     if udp:
@@ -239,10 +242,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="per iperf3 run (default 10)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--only", choices=("tayga", "revnat64"), help="run just one")
+    parser.add_argument("--workers", type=int, default=1, help="revnat64 translator.workers")
+    parser.add_argument("--parallel", type=int, default=1, help="iperf3 streams (-P)")
     parser.add_argument(
         "--flood-seconds", type=int, default=60, help="UDP flood before the last RSS reading"
     )
     args = parser.parse_args()
+    global WORKERS, PARALLEL
+    WORKERS, PARALLEL = args.workers, args.parallel
     if shutil.which("tayga") is None and args.only != "revnat64":
         print("tayga is not installed (apt install tayga)", file=sys.stderr)
         return 1

@@ -1,9 +1,13 @@
 """The revnat64 daemon: the supervisor around the data-plane worker.
 
-Two processes.  The supervisor (this module) owns everything slow or
+Two kinds of process.  The supervisor (this module) owns everything slow or
 threaded: config, netlink, the firewall, DNS updates, the metrics endpoint
-and the control socket.  It creates the TUN device and forks a single-threaded
-worker (``publisher.worker``) that owns the packet path and the pool leases.
+and the control socket.  It creates the TUN device and forks single-threaded
+workers (``publisher.worker``) that own the packet path and the pool leases:
+one with a plain TUN (``translator.workers: 1``), or N, each serving one queue
+of a multi-queue TUN and sharing one lease table in a memfd
+(``translator.workers: N``; see docs/performance.md).  The status and metrics
+combine the workers' snapshots with :meth:`Snapshot.merge`.
 
 * start: clean up a previous crash, create the TUN, routes, proxy NDP and
   forwarding sysctls, start the worker (it restores the leases), apply the
@@ -31,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from publisher import sdnotify
-from publisher.config import Config, ConfigError, load_config
+from publisher.config import SAFE_LOADER, Config, ConfigError, load_config
 from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, plan
-from publisher.worker import Plane, WorkerHandle, plane_from_config, trim_memory
+from publisher.snapshot import Snapshot
+from publisher.worker import Plane, SharedTable, WorkerHandle, plane_from_config, trim_memory
 from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
@@ -51,6 +56,56 @@ def validated_plane(cfg: Config) -> Plane:
     return plane
 
 
+MAX_WORKERS = 64  # as publisher.config validates translator.workers
+
+
+def peek_workers(path: str) -> int:
+    """``translator.workers`` from the config file, read as a YAML event stream.
+
+    The workers are forked before the config is loaded (so they do not carry
+    its objects); this finds their number without building the mappings.
+    Anything unreadable counts as 1: the real load reports the problem.
+    """
+    import yaml
+
+    try:
+        with open(path, "rb") as stream:
+            depth, key, in_translator = 0, None, False
+            expect_key = False
+            for event in yaml.parse(stream, Loader=SAFE_LOADER):
+                if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                    if (
+                        depth == 1
+                        and key == "translator"
+                        and isinstance(event, yaml.MappingStartEvent)
+                    ):
+                        in_translator = True
+                    depth += 1
+                    expect_key = isinstance(event, yaml.MappingStartEvent)
+                    key = None
+                    continue
+                if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                    depth -= 1
+                    if in_translator and depth == 1:
+                        return 1
+                    expect_key = True
+                    key = None
+                    continue
+                if isinstance(event, yaml.ScalarEvent):
+                    if expect_key:
+                        key = event.value
+                        expect_key = False
+                    else:
+                        if in_translator and depth == 2 and key == "workers":
+                            count = int(event.value)
+                            return count if 1 <= count <= MAX_WORKERS else 1
+                        expect_key = True
+                        key = None
+    except (OSError, yaml.YAMLError, ValueError):
+        return 1
+    return 1
+
+
 # -- the daemon -----------------------------------------------------------------
 
 
@@ -60,10 +115,11 @@ class Daemon:
         self.log_level_override = log_level
         self.cfg: Config
         self.plane: Plane
-        self.fd = -1
+        self.fds: list[int] = []
+        self.table_fd = -1
         self.offloads = 0
         self.netlink: NetlinkManager | None = None
-        self.worker: WorkerHandle | None = None
+        self.workers: list[WorkerHandle] = []
         self.stopping = False
         self.reload_requested = False
         self.reloads = {"success": 0, "failure": 0}
@@ -76,8 +132,9 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        # Fork the data-plane worker first, while this process is still small.
-        self.worker = WorkerHandle()
+        # Fork the data-plane workers first, while this process is still small.
+        for _ in range(peek_workers(self.config_path)):
+            self.workers.append(WorkerHandle())
         cfg = load_config(self.config_path)  # ConfigError propagates to the CLI
         setup_logging(self.log_level_override or cfg.daemon.log_level)
         try:
@@ -85,25 +142,31 @@ class Daemon:
         except ValueError as exc:
             raise StartupError(f"{cfg.path}: mappings: {exc}") from exc
         self.cfg = cfg
+        count = cfg.translator.workers
+        if count != len(self.workers):
+            raise StartupError(
+                f"{cfg.path}: translator.workers changed while starting "
+                f"({len(self.workers)} -> {count}); start again"
+            )
         state_dir = Path(cfg.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
 
         self.netlink = NetlinkManager(cfg.translator.tun_device, state_dir / "netstate.json")
         for line in self.netlink.recover_leftovers():
             log.warning("crash recovery: %s", line)
-        try:
-            self.fd, self.offloads = open_tun(
-                cfg.translator.tun_device, offloads=cfg.translator.offloads
-            )
-        except OSError as exc:
-            raise StartupError(f"creating TUN device {cfg.translator.tun_device}: {exc}") from exc
+        self._open_queues(cfg.translator.tun_device, count, cfg.translator.offloads)
         if cfg.translator.offloads:
             log.info("TUN offloads: %s", describe_offloads(self.offloads))
         self.netlink.bring_up_tun(cfg.translator.mtu)
         self._apply_network(cfg)
-        self.worker.start(self.fd, self.offloads, self.plane, logging.getLogger().level)
-        os.close(self.fd)  # the worker owns it now; the device lives while it is open there
-        self.fd = -1
+        if count > 1:
+            self.table_fd = SharedTable.create(self.plane.pool4)
+        level = logging.getLogger().level
+        # One after the other: worker 0 restores the leases before the others serve.
+        for index, (worker, fd) in enumerate(zip(self.workers, self.fds)):
+            worker.start(fd, self.offloads, self.plane, level, index, self.table_fd)
+        # The workers own them now; the device lives while a queue is open there.
+        self._close_fds()
         trim_memory()
         self._apply_firewall(cfg)
         self.last_reload = time.time()
@@ -115,6 +178,38 @@ class Daemon:
             cfg.translator.tun_device,
             cfg.translator.pool4,
         )
+
+    def _open_queues(self, name: str, count: int, offloads: bool) -> None:
+        """One plain TUN fd for one worker, or ``count`` queues of a multi-queue TUN.
+
+        Every queue must be opened with the same flags, so the later queues ask
+        for a virtio-net header only if the first one kept it.
+        """
+        try:
+            if count == 1:
+                fd, self.offloads = open_tun(name, offloads=offloads)
+                self.fds.append(fd)
+                return
+            fd, self.offloads = open_tun(name, multi_queue=True, offloads=offloads)
+            self.fds.append(fd)
+            for queue in range(1, count):
+                fd, mask = open_tun(name, multi_queue=True, offloads=bool(self.offloads))
+                self.fds.append(fd)
+                if mask != self.offloads:
+                    raise OSError(
+                        f"queue {queue} got offloads {describe_offloads(mask)}, "
+                        f"queue 0 has {describe_offloads(self.offloads)}"
+                    )
+        except OSError as exc:
+            raise StartupError(f"creating TUN device {name} with {count} queue(s): {exc}") from exc
+
+    def _close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        if self.table_fd >= 0:
+            os.close(self.table_fd)
+            self.table_fd = -1
 
     def _apply_network(self, cfg: Config) -> None:
         assert self.netlink is not None
@@ -167,9 +262,10 @@ class Daemon:
             start_background_update(cfg, logging.getLogger("revnat64.dns"))
 
     def export(self) -> Any:
-        """A Snapshot for the exporters: the worker's counters plus the supervisor's state."""
-        assert self.worker is not None
-        snap = self.worker.call("snapshot")
+        """A Snapshot for the exporters: the workers' counters plus the supervisor's state."""
+        parts = [worker.call("snapshot") for worker in self.workers]
+        head = Snapshot(mappings=list(self.plane.mappings), workers=0)
+        snap = Snapshot.merge([head, *parts])
         snap.reloads = dict(self.reloads)
         snap.last_reload_timestamp = self.last_reload
         snap.started_timestamp = self.started
@@ -200,15 +296,15 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         sdnotify.notify("READY=1", self.status_line())
-        assert self.worker is not None
         while not self.stopping:
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
                 continue
-            if not self.worker.alive():
-                log.error("the data-plane worker (pid %d) died; stopping", self.worker.pid)
-                return 1
+            for index, worker in enumerate(self.workers):
+                if not worker.alive():
+                    log.error("data-plane worker %d (pid %d) died; stopping", index, worker.pid)
+                    return 1
             time.sleep(0.2)  # signals interrupt the sleep (PEP 475 resumes it after)
         return 0
 
@@ -257,6 +353,15 @@ class Daemon:
                 new.translator.tun_device,
             )
             return False
+        if new.translator.workers != old.translator.workers or (
+            len(self.workers) > 1 and plane.pool_table_key != self.plane.pool_table_key
+        ):
+            log.error(
+                "reload rejected: translator.workers, or pool4 (or ipv4_address inside it) "
+                "with several workers, changed; that needs a restart; "
+                "keeping the previous configuration"
+            )
+            return False
         try:
             if new.translator.mtu != old.translator.mtu and self.netlink is not None:
                 self.netlink.bring_up_tun(new.translator.mtu)
@@ -272,12 +377,22 @@ class Daemon:
             except Exception as undo_exc:
                 log.error("could not fully restore the previous state: %s", undo_exc)
             return False
-        assert self.worker is not None
-        result, note = self.worker.call("apply", plane)
-        if result != "ok":
-            log.error("reload rejected by the data plane: %s", note)
-            return False
-        if note:
+        notes = set()
+        for index, worker in enumerate(self.workers):
+            result, note = worker.call("apply", plane)
+            if result != "ok":
+                # The tables were built once already, so this is not expected; the
+                # workers before this one run the new plane, so say so.
+                log.error(
+                    "reload rejected by data-plane worker %d: %s (workers 0..%d applied it)",
+                    index,
+                    note,
+                    index - 1,
+                )
+                return False
+            if note:
+                notes.add(note)
+        for note in sorted(notes):
             log.info("%s", note)
         self.cfg, self.plane = new, plane
         self.last_reload = time.time()
@@ -307,18 +422,18 @@ class Daemon:
             except Exception as exc:
                 log.warning("stopping %r: %s", service, exc)
         self.services.clear()
-        if self.worker is not None:
-            self.worker.stop()  # it saves the leases; closing its fd removes the TUN
-            self.worker = None
+        # Worker 0 last: it saves the leases all workers made.  When the last
+        # queue fd closes the TUN goes away.
+        for worker in reversed(self.workers):
+            worker.stop()
+        self.workers.clear()
         if self.firewall is not None:
             try:
                 self.firewall.remove()
             except Exception as exc:
                 log.error("removing firewall rules: %s", exc)
             self.firewall = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close_fds()
         if self.netlink is not None:
             try:
                 self.netlink.teardown()

@@ -16,11 +16,22 @@ Supervisor and worker talk over a socketpair with length-prefixed pickles
 
 The worker exits on its own, after saving the leases, when the supervisor
 disappears (EOF on the socket) or on SIGTERM.
+
+With ``translator.workers: N > 1`` there are N workers, one per queue of a
+multi-queue TUN.  Besides its queue fd each one receives the same memfd,
+which it maps ``MAP_SHARED`` as the lease table of a
+:class:`~translator.shared_pool.SharedPool4`; POSIX record locks
+(``fcntl.lockf``) on that memfd are the cross-process lock, which the kernel
+drops if a holder dies.  Worker 0 is the lease owner: it restores
+``leases.json`` before the others start, saves it, and alone reports the pool
+gauges and lease list, so :meth:`Snapshot.merge` takes them once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import mmap
 import os
 import pickle
 import select
@@ -36,6 +47,7 @@ from publisher.config import Config
 from publisher.netlink import atomic_write
 from publisher.snapshot import DIRECTIONS, MappingInfo, Snapshot
 from translator import DropReason, Pool4, Tables, Translator, TranslatorSettings
+from translator.shared_pool import SharedPool4, buffer_size
 from translator.tun import (
     BATCH_LIMIT,
     ICMPV4_ERROR_NAMES,
@@ -80,6 +92,11 @@ class Plane:
         """Build the lookup tables (ValueError names the offending entry)."""
         return Tables.build(eam=list(self.eam), prefix=self.prefix)
 
+    @property
+    def pool_table_key(self) -> tuple[Any, ...]:
+        """What fixes the shared lease table's layout (a change needs a restart)."""
+        return (self.pool4, self.reserved)
+
     def new_pool(self) -> Pool4:
         return Pool4(
             self.pool4,
@@ -88,6 +105,55 @@ class Plane:
             limit_prefix_len=self.limit_prefix_len,
             reserved=self.reserved,
         )
+
+    def new_shared_pool(self, table: SharedTable) -> SharedPool4:
+        return SharedPool4(
+            table.buffer,
+            table.lock,
+            self.pool4,
+            lease_time=self.lease_time,
+            limit_per_prefix=self.limit_per_prefix,
+            limit_prefix_len=self.limit_prefix_len,
+            reserved=self.reserved,
+        )
+
+
+class LockfLock:
+    """An exclusive POSIX record lock on a file, as a context manager.
+
+    Record locks belong to the process, so each worker excludes the others
+    through the same shared memfd, and a worker that dies drops its lock.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+
+@dataclass
+class SharedTable:
+    """The shared lease table as one worker maps it: the memfd, its mapping, the lock."""
+
+    fd: int
+    buffer: mmap.mmap
+    lock: LockfLock
+
+    @classmethod
+    def create(cls, pool4: str) -> int:
+        """A zero-filled memfd big enough for ``pool4``'s table (the supervisor's side)."""
+        fd = os.memfd_create("revnat64-pool4", os.MFD_CLOEXEC)
+        os.ftruncate(fd, buffer_size(pool4))
+        return fd
+
+    @classmethod
+    def attach(cls, fd: int) -> SharedTable:
+        size = os.fstat(fd).st_size
+        return cls(fd, mmap.mmap(fd, size, mmap.MAP_SHARED), LockfLock(fd))
 
 
 def plane_from_config(cfg: Config) -> Plane:
@@ -178,13 +244,27 @@ class Totals:
 class Worker:
     """Runs in the child process: translation loop plus the supervisor's requests."""
 
-    def __init__(self, fd: int, offloads: int, plane: Plane, channel: socket.socket) -> None:
+    def __init__(
+        self,
+        fd: int,
+        offloads: int,
+        plane: Plane,
+        channel: socket.socket,
+        index: int = 0,
+        table: SharedTable | None = None,
+    ) -> None:
         self.fd = fd
         self.offloads = offloads
         self.plane = plane
         self.channel = channel
-        self.pool = plane.new_pool()
-        self._restore_leases()
+        self.index = index
+        self.table = table
+        self.owner = index == 0  # restores, saves and reports the leases
+        self.pool: Pool4 | SharedPool4 = (
+            plane.new_pool() if table is None else plane.new_shared_pool(table)
+        )
+        if self.owner:
+            self._restore_leases()
         self.counters = Counters(len(plane.mappings))
         self.totals = Totals()
         self.datapath = DataPath(
@@ -221,6 +301,8 @@ class Worker:
         log.info("restored %d pool4 leases from %s", kept, self.plane.lease_file)
 
     def save_leases(self) -> None:
+        if not self.owner:
+            return
         try:
             atomic_write(Path(self.plane.lease_file), self.pool.dump(time.monotonic()))
         except OSError as exc:
@@ -249,7 +331,12 @@ class Worker:
         self.counters = Counters(len(plane.mappings))
         self.datapath.counters = self.counters
         note = ""
-        if plane.pool_key != old.pool_key:
+        if plane.pool_key != old.pool_key and self.table is not None:
+            # The table stays (the supervisor refuses layout changes); new limits
+            # apply to new leases and no active lease is dropped.
+            self.pool = plane.new_shared_pool(self.table)
+            note = "pool4 settings changed: leases kept in the shared table"
+        elif plane.pool_key != old.pool_key:
             pool = plane.new_pool()
             kept = pool.restore(self.pool.dump(time.monotonic()), time.monotonic())
             self.pool = pool
@@ -283,20 +370,33 @@ class Worker:
             key = (family, table.get(icmp_type, f"type_{icmp_type}"))
             icmp_errors[key] = icmp_errors.get(key, 0) + count
         pool = self.pool
+        # The pool's counters are this worker's own (they add up over workers); its
+        # gauges and lease list describe the one table, so only the owner reports them.
         return Snapshot(
             mappings=list(self.plane.mappings),
             packets=totals.packets,
             bytes=totals.bytes,
             dropped=dropped,
             icmp_errors=icmp_errors,
-            pool_in_use=pool.in_use,
-            pool_size=pool.size,
+            pool_in_use=pool.in_use if self.owner else 0,
+            pool_size=pool.size if self.owner else 0,
             leases_created=pool.created,
             leases_expired=pool.expired,
             pool_refused={"exhausted": pool.refused_exhausted, "prefix_limit": pool.refused_limit},
-            leases=[(v6, v4, max(0.0, now - seen)) for v6, v4, seen in pool.leases()],
+            leases=(
+                [(v6, v4, max(0.0, now - seen)) for v6, v4, seen in pool.leases()]
+                if self.owner
+                else []
+            ),
             workers=1,
         )
+
+    def lease_mark(self) -> Any:
+        """Changes when the leases need saving."""
+        pool = self.pool
+        if isinstance(pool, SharedPool4):
+            return pool.version
+        return (pool.created, pool.expired)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -314,10 +414,10 @@ class Worker:
         send_message(self.channel, ("ready", os.getpid()))
         next_expire = time.monotonic() + LEASE_EXPIRE_INTERVAL
         next_save = time.monotonic() + LEASE_SAVE_INTERVAL
-        saved_mark, last_save = (self.pool.created, self.pool.expired), 0.0
+        saved_mark, last_save = self.lease_mark(), 0.0
         try:
             while not self.stopping:
-                dirty = (self.pool.created, self.pool.expired) != saved_mark
+                dirty = self.owner and self.lease_mark() != saved_mark
                 ready = {fd for fd, _ in poller.poll(250 if dirty else 1000)}
                 now = time.monotonic()
                 asked = channel_fd in ready
@@ -343,8 +443,10 @@ class Worker:
                     self.pool.expire(now)
                     next_expire = now + LEASE_EXPIRE_INTERVAL
                 # New leases reach the disk within a second, so even SIGKILL keeps them.
-                mark = (self.pool.created, self.pool.expired)
-                if now >= next_save or (mark != saved_mark and now >= last_save + 1.0):
+                mark = self.lease_mark()
+                if self.owner and (
+                    now >= next_save or (mark != saved_mark and now >= last_save + 1.0)
+                ):
                     self.save_leases()
                     saved_mark, last_save = mark, now
                     next_save = now + LEASE_SAVE_INTERVAL
@@ -360,19 +462,20 @@ class Worker:
 
 
 def worker_main(channel: socket.socket) -> int:
-    """The child's entry: receive the TUN fd and the first plane, then serve."""
-    _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+    """The child's entry: receive the TUN fd (and the lease table's memfd), then serve."""
+    _, fds, _, _ = socket.recv_fds(channel, 1, 2)
     if not fds:
         return 1
     message = recv_message(channel)
     if message[0] != "init":
         return 1
-    _, plane, offloads, level = message
+    _, plane, offloads, level, index = message
     from publisher.logs import setup_logging
 
     setup_logging(logging.getLevelName(level))
     trim_memory()
-    return Worker(fds[0], offloads, plane, channel).serve_forever()
+    table = SharedTable.attach(fds[1]) if len(fds) > 1 else None
+    return Worker(fds[0], offloads, plane, channel, index, table).serve_forever()
 
 
 def trim_memory() -> None:
@@ -415,12 +518,20 @@ class WorkerHandle:
         self.lock = threading.Lock()
 
     def start(
-        self, fd: int, offloads: int, plane: Plane, level: int, timeout: float = 60.0
+        self,
+        fd: int,
+        offloads: int,
+        plane: Plane,
+        level: int,
+        index: int = 0,
+        table_fd: int = -1,
+        timeout: float = 60.0,
     ) -> None:
-        """Give the worker the TUN fd and its first plane; wait until it serves."""
+        """Give the worker its TUN queue fd, the shared table (if any) and its first
+        plane; wait until it serves."""
         self.channel.settimeout(timeout)
-        socket.send_fds(self.channel, [b"F"], [fd])
-        send_message(self.channel, ("init", plane, offloads, level))
+        socket.send_fds(self.channel, [b"F"], [fd] if table_fd < 0 else [fd, table_fd])
+        send_message(self.channel, ("init", plane, offloads, level, index))
         hello = recv_message(self.channel)
         if hello[0] != "ready":
             raise RuntimeError(f"worker sent {hello!r} instead of ready")

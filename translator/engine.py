@@ -23,6 +23,7 @@ from .icmp import build_icmp4_error, build_icmp6_error
 from .ip4to6 import translate_4to6
 from .ip6to4 import acceptable_source6, translate_6to4
 from .pool import Pool4
+from .shared_pool import SharedPool4
 from .tables import Tables
 from .verdict import DROP_MALFORMED, DROP_MULTICAST, Action, DropReason, Verdict, drop
 
@@ -77,7 +78,9 @@ class TranslatorSettings:
 class Translator:
     """Stateless SIIT translator with EAM, RFC 6052 prefix and a pool4 lease table."""
 
-    def __init__(self, settings: TranslatorSettings, tables: Tables, pool: Pool4) -> None:
+    def __init__(
+        self, settings: TranslatorSettings, tables: Tables, pool: Pool4 | SharedPool4
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.ipv4_packed = ipaddress.IPv4Address(settings.ipv4_address).packed
