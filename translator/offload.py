@@ -16,8 +16,17 @@ The core only knows finished checksums, so this module wraps it:
 * Where the core must *see* a finished checksum (an IPv4 packet it will
   fragment, a UDP seed that would read as "no checksum"), the checksum is
   completed in software first and the packet leaves as an ordinary one.
-* The header's gso_type flips between TCPV4 and TCPV6 (ECN bit kept), and
-  csum_start/hdr_len move with the IP header length; gso_size is unchanged.
+* The header's gso_type flips between TCPV4 and TCPV6 (ECN bit kept); a UDP
+  super-packet (``GSO_UDP_L4``, USO) keeps its type.  csum_start/hdr_len move
+  with the IP header length; gso_size is unchanged.
+* A UDP super-packet (what GRO forwarding builds from a burst of datagrams of
+  one flow) carries the super-packet's length in its UDP length field and in
+  its partial seed; the kernel's USO segmentation swaps that length for each
+  segment's (``__udp_gso_segment``).  Only the addresses change the seed, so
+  the same complement trick applies.  A seed of 0xFFFF (ones' complement
+  zero) is rewritten as 0x0000, the other zero, so that its complement does
+  not read as "UDP without checksum" to the core; a super-packet cannot be
+  finished in software, it has to stay partial.
 
 Everything here is pure: bytes and integers in, bytes out.
 """
@@ -46,6 +55,8 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20  # Linux 6.2+; the kernel accepts USO only for both families at once
+TUN_F_USO6 = 0x40
 
 UDP_CSUM_OFFSET = 6
 SMALL_PACKET = 512  # below this, finishing the checksum in software is the cheaper path
@@ -98,26 +109,32 @@ def prepare(vnet: bytes, pkt: bytes, lowest_ipv6_mtu: int) -> tuple[bytes, int, 
         # IPv4 options or IPv6 extension headers: finish here, stay simple.
         return complete_checksum(pkt, csum_start, csum_offset), 0, GSO_NONE
     field = l4 + csum_offset
+    if proto == PROTO_UDP and pkt[field] == 0xFF and pkt[field + 1] == 0xFF:
+        # Ones' complement zero written the other way: same checksum, and its
+        # complement is 0xFFFF, not the 0 that means "no checksum" (RFC 768).
+        pkt = pkt[:field] + b"\x00\x00" + pkt[field + 2 :]
     if gso == GSO_NONE:
         if len(pkt) <= SMALL_PACKET:
             # Summing a small packet costs less than complementing the field
             # twice and writing a checksum-offload header (measured: 0.8 vs 1.8 us).
             return complete_checksum(pkt, csum_start, csum_offset), 0, GSO_NONE
-        seed = _U16.unpack_from(pkt, field)[0]
         too_big_v4 = (
             pkt[0] >> 4 == 4
             and not _U16.unpack_from(pkt, 6)[0] & IPV4_DF
             and len(pkt) + 20 > lowest_ipv6_mtu
         )
-        if too_big_v4 or (proto == PROTO_UDP and seed == 0xFFFF):
-            # The core will fragment it, or the complemented seed would read as
-            # "UDP without checksum": give it a finished checksum instead.
+        if too_big_v4:
+            # The core will fragment it: give it a finished checksum instead.
             return complete_checksum(pkt, csum_start, csum_offset), 0, GSO_NONE
     return flip_checksum(pkt, field), csum_offset, gso
 
 
 def finish(out: bytes, csum_offset: int, gso: int, gso_size: int) -> tuple[bytes, bytes]:
-    """The virtio-net header and packet to write for one translated output packet."""
+    """The virtio-net header and packet to write for one translated output packet.
+
+    For a super-packet the header keeps ``gso_size``; TCP flips TCPV4/TCPV6,
+    UDP_L4 stays UDP_L4 with ``hdr_len`` = L4 offset + 8.
+    """
     if not csum_offset:
         return NO_VNET, out
     if out[0] >> 4 == 4:

@@ -23,6 +23,8 @@ from translator.offload import (
     TUN_F_TSO4,
     TUN_F_TSO6,
     TUN_F_TSO_ECN,
+    TUN_F_USO4,
+    TUN_F_USO6,
     VNET_HDR_LEN,
     finish,
     gso_size_of,
@@ -54,7 +56,10 @@ ICMPV6_ERROR_NAMES = {
 }
 
 
+# Richest first.  USO (UDP super-packets, Linux 6.2+) is accepted only with
+# both families set; older kernels refuse the unknown bits with EINVAL.
 OFFLOAD_SETS = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
     TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
     TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
     TUN_F_CSUM,
@@ -125,6 +130,8 @@ def describe_offloads(mask: int) -> str:
             (TUN_F_TSO4, "tso4"),
             (TUN_F_TSO6, "tso6"),
             (TUN_F_TSO_ECN, "tso_ecn"),
+            (TUN_F_USO4, "uso4"),
+            (TUN_F_USO6, "uso6"),
         )
         if mask & bit
     ]
@@ -136,7 +143,7 @@ class DataPath:
 
     Two loops share the counting: :meth:`run_batch` for a plain TUN and
     :meth:`run_batch_vnet` for one opened with a virtio-net header, where a
-    TCP super-packet goes through ``gso_translator`` (the same tables and pool,
+    TCP or UDP super-packet goes through ``gso_translator`` (the same tables and pool,
     but MTU rules lifted: the kernel segments it to the real MTU afterwards).
     """
 

@@ -27,6 +27,7 @@ from translator.offload import (
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
+    GSO_UDP_L4,
     NO_VNET,
     VNET_HDR,
     complete_checksum,
@@ -170,3 +171,139 @@ def test_partial_checksums_translate_to_valid_checksums(
     pkt = partial(raw(IPv6(src=CLIENT6, dst=CAM6) / l4 / Raw(payload)), 40, offset)
     for hdr, out in translate_with_offload(pkt, vnet(GSO_NONE, 40, offset)):
         assert_valid_l4(completed(hdr, out))
+
+
+# -- USO: UDP super-packets (GSO_UDP_L4) ------------------------------------------------
+
+
+def _add16(a: int, b: int) -> int:
+    s = a + b
+    return (s & 0xFFFF) + (s >> 16)
+
+
+def segment_udp_like_kernel(hdr: bytes, body: bytes) -> list[bytes]:
+    """Cut a USO super-packet as ``__udp_gso_segment`` does, then finish each checksum.
+
+    Each segment gets its own IP and UDP length; the partial seed swaps the
+    super-packet's UDP length for the segment's (csum16_sub/csum16_add), and
+    the checksum is completed over the segment like a NIC would.
+    """
+    flags, gso, hdr_len, gso_size, start, offset = VNET_HDR.unpack(hdr)
+    assert flags == F_NEEDS_CSUM and gso == GSO_UDP_L4 and hdr_len == start + 8
+    old_len = struct.unpack_from("!H", body, start + 4)[0]
+    seed = struct.unpack_from("!H", body, start + 6)[0]
+    payload = body[hdr_len:]
+    segments = []
+    for i in range(0, len(payload), gso_size):
+        chunk = payload[i : i + gso_size]
+        new_len = 8 + len(chunk)
+        seg_seed = _add16(_add16(seed, old_len ^ 0xFFFF), new_len)
+        head = bytearray(body[:hdr_len])
+        if head[0] >> 4 == 4:
+            struct.pack_into("!H", head, 2, start + new_len)
+            struct.pack_into("!H", head, 10, 0)  # scapy recomputes the header checksum
+        else:
+            struct.pack_into("!H", head, 4, new_len)
+        struct.pack_into("!HH", head, start + 4, new_len, seg_seed)
+        segments.append(complete_checksum(bytes(head) + chunk, start, offset))
+    return segments
+
+
+def uso_partial(pkt: bytes, l4: int) -> bytes:
+    """The seed GRO leaves in a UDP super-packet: pseudo-header with the whole UDP length."""
+    return partial(pkt, l4, 6)
+
+
+def datagrams(count: int, size: int = 64) -> bytes:
+    return b"".join(bytes([i & 0xFF]) * size for i in range(count - 1)) + b"\x99" * (size // 2)
+
+
+def test_udpv6_superpacket_becomes_udpv4_superpacket_with_valid_segments() -> None:
+    payload = datagrams(40)  # 39 full 64-byte datagrams and a short last one
+    pkt = raw(IPv6(src=CLIENT6, dst=CAM6, hlim=64) / UDP(sport=40000, dport=5201) / Raw(payload))
+    pkt = uso_partial(pkt, 40)
+    [(hdr, out)] = translate_with_offload(pkt, vnet(GSO_UDP_L4, 40, 6, 64, 48), gso_tr=True)
+    flags, gso, hdr_len, gso_size, start, offset = VNET_HDR.unpack(hdr)
+    assert (flags, gso, hdr_len, gso_size, start, offset) == (
+        F_NEEDS_CSUM,
+        GSO_UDP_L4,
+        28,
+        64,
+        20,
+        6,
+    )
+    ip4 = IP(out)
+    # The super-packet's lengths cover all of it; the kernel rewrites them per segment.
+    assert ip4.dst == CAM4 and ip4.len == len(out) == 28 + len(payload)
+    assert ip4[UDP].len == 8 + len(payload)
+    segments = segment_udp_like_kernel(hdr, out)
+    assert len(segments) == 40
+    for i, seg in enumerate(segments):
+        assert_valid_l4(seg)
+        assert IP(seg)[UDP].len == 8 + (64 if i < 39 else 32)
+    assert b"".join(bytes(IP(s)[UDP].payload) for s in segments) == payload
+
+
+def test_udpv4_superpacket_becomes_udpv6_superpacket_with_valid_segments() -> None:
+    tr = make_translator()
+    first = tr.translate(raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=1, dport=2)), 1.0)
+    pool_addr = IP(first.packets[0]).src
+    payload = datagrams(64, 100)
+    pkt = raw(
+        IP(src=CAM4, dst=pool_addr, ttl=64, flags="DF")
+        / UDP(sport=5201, dport=40000)
+        / Raw(payload)
+    )
+    pkt = uso_partial(pkt, 20)
+    header = vnet(GSO_UDP_L4, 20, 6, 100, 28)
+    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    prepared, csum_offset, gso = prepare(header, pkt, tr_gso.lowest_ipv6_mtu)
+    verdict = tr_gso.translate(prepared, 1.0)
+    assert verdict.action is Action.FORWARD and len(verdict.packets) == 1
+    hdr, out = finish(verdict.packets[0], csum_offset, gso, 100)
+    assert VNET_HDR.unpack(hdr) == (F_NEEDS_CSUM, GSO_UDP_L4, 48, 100, 40, 6)
+    assert IPv6(out).plen == 8 + len(payload) and IPv6(out).dst == CLIENT6
+    segments = segment_udp_like_kernel(hdr, out)
+    assert len(segments) == 64
+    for seg in segments:
+        assert_valid_l4(seg)
+    assert b"".join(bytes(IPv6(s)[UDP].payload) for s in segments) == payload
+
+
+def _client_with_seed(target: int, udp_len: int) -> str:
+    """An IPv6 client address whose UDP pseudo-header seed towards CAM6 is ``target``."""
+    base = "2001:db8:ffff::"
+    for last in range(1, 0x10000):
+        src = f"{base}{last:x}"
+        probe = raw(IPv6(src=src, dst=CAM6) / UDP(sport=1, dport=2) / Raw(bytes(udp_len - 8)))
+        if partial(probe, 40, 6)[46:48] == struct.pack("!H", target):
+            return src
+    raise AssertionError("no address found")
+
+
+def test_udp_superpacket_with_all_ones_seed_stays_partial_and_valid() -> None:
+    # A seed of 0xFFFF complements to 0, which the core reads as "no checksum".
+    payload = datagrams(10)
+    src = _client_with_seed(0xFFFF, 8 + len(payload))
+    pkt = raw(IPv6(src=src, dst=CAM6) / UDP(sport=4000, dport=5201) / Raw(payload))
+    pkt = uso_partial(pkt, 40)
+    assert pkt[46:48] == b"\xff\xff"
+    [(hdr, out)] = translate_with_offload(pkt, vnet(GSO_UDP_L4, 40, 6, 64, 48), gso_tr=True)
+    assert VNET_HDR.unpack(hdr)[1] == GSO_UDP_L4
+    for seg in segment_udp_like_kernel(hdr, out):
+        assert_valid_l4(seg)
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(2, 200), size=st.integers(1, 1400), sport=st.integers(1, 65535))
+def test_udp_superpackets_of_any_shape_segment_to_valid_datagrams(
+    count: int, size: int, sport: int
+) -> None:
+    payload = bytes((i * 7) & 0xFF for i in range(min(count * size, 60000)))
+    pkt = raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=sport, dport=7) / Raw(payload))
+    pkt = uso_partial(pkt, 40)
+    [(hdr, out)] = translate_with_offload(pkt, vnet(GSO_UDP_L4, 40, 6, size, 48), gso_tr=True)
+    segments = segment_udp_like_kernel(hdr, out)
+    assert len(segments) == -(-len(payload) // size)
+    for seg in segments:
+        assert_valid_l4(seg)
