@@ -8,7 +8,15 @@ lab, not the checksum lab), the translator is started on the router with the
 same routes and MTU, and then:
 
 * iperf3 TCP, device -> client (``-R``) and client -> device;
-* iperf3 UDP with 64-byte payloads, client -> device: packets received/s;
+* iperf3 UDP with 64-byte payloads, client -> device: packets received/s,
+  three times: with the kernel's defaults (veth: GRO off), with GRO and
+  ``rx-udp-gro-forwarding`` on the router's wan0 and lan0 (what
+  ``translator.udp_gro_forwarding`` sets), and with that plus threaded NAPI on
+  the router's wan0.  The third one is a lab device: a sender in the next
+  namespace runs veth's NAPI poll in its own softirq right after each send,
+  one datagram per poll, so GRO has nothing to merge; a NAPI thread lets
+  datagrams queue up the way a NIC's interrupt coalescing does.  Both
+  translators get the same settings;
 * ping6 through the translator: median RTT (and the router-only baseline);
 * translator RSS (from /proc), idle and after the run;
 * revnat64 only: 10,000 mappings vs 1, and metrics on vs off.
@@ -196,6 +204,18 @@ def iperf(net: HomeRouterLab, seconds: int, reverse: bool = False, udp: bool = F
     return float(end["sum_received"]["bits_per_second"])
 
 
+def udp_gro_forwarding(net: HomeRouterLab, on: bool, threaded: bool = False) -> None:
+    """GRO + UDP GRO forwarding on the router's interfaces (as the daemon's option does)."""
+    value = "on" if on else "off"
+    threaded_napi = ["sh", "-c", f"echo {int(threaded)} > /sys/class/net/wan0/threaded"]
+    if not on:
+        net.router.run(threaded_napi)  # only while NAPI exists, i.e. while GRO is on
+    for dev in ("wan0", "lan0"):
+        net.router.run(["ethtool", "-K", dev, "gro", value, "rx-udp-gro-forwarding", value])
+    if on:
+        net.router.run(threaded_napi)
+
+
 def ping_median_ms(net: HomeRouterLab, dst: str, count: int = 50) -> float:
     out = net.client.run(
         ["ping", "-6", "-c", str(count), "-i", INTERVAL, dst], check=False, timeout=count + 10
@@ -220,6 +240,11 @@ def measure(name: str, starter: Any, seconds: int, extra: bool, flood: int = 0) 
         result.figures["tcp_device_to_client_bps"] = iperf(net, seconds, reverse=True)
         result.figures["tcp_client_to_device_bps"] = iperf(net, seconds)
         result.figures["udp64_pps"] = iperf(net, seconds, udp=True)
+        udp_gro_forwarding(net, True)
+        result.figures["udp64_pps_gro_fwd"] = iperf(net, seconds, udp=True)
+        udp_gro_forwarding(net, True, threaded=True)
+        result.figures["udp64_pps_gro_fwd_threaded_napi"] = iperf(net, seconds, udp=True)
+        udp_gro_forwarding(net, False)
         result.figures["rss_after_kib"] = translator_rss_kib(net)
         if flood:
             iperf(net, flood, udp=True)
@@ -309,7 +334,7 @@ def _fmt(key: str, value: float | None) -> str:
         return f"{value / 1e9:.2f} Gbit/s"
     if key.endswith("_kib"):
         return f"{value / 1024:.1f} MiB"
-    if key.endswith("_pps"):
+    if "_pps" in key:
         return f"{value / 1000:.1f} kpps"
     return f"{value:.3f} ms" if key.endswith("_ms") else f"{value:.2f}"
 

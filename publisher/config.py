@@ -130,6 +130,7 @@ class TranslatorSection:
     icmp_errors_per_second: int = 100
     offloads: bool = True
     workers: int = 1
+    udp_gro_forwarding: bool = False
 
 
 @dataclass(frozen=True)
@@ -471,6 +472,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
             "icmp_errors_per_second",
             "offloads",
             "workers",
+            "udp_gro_forwarding",
         ),
     )
     if node is None:
@@ -492,6 +494,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
     icmp_rate = r.get(d, p, "icmp_errors_per_second", _int_in(0, 1_000_000), 100)
     offloads = r.get(d, p, "offloads", _bool, True)
     workers = r.get(d, p, "workers", _int_in(1, 64), 1)
+    udp_gro = r.get(d, p, "udp_gro_forwarding", _bool, False)
 
     if prefix is not None and prefix.prefixlen not in RFC6052_LENGTHS:
         r.problem(
@@ -506,7 +509,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         r.problem(f"{p}.pool4", "has no address left once ipv4_address is reserved")
     r.partial_translator = (v4, v6, pool4, prefix)  # for cross-checks even when invalid
     values = (tun, v4, v6, pool4, mtu, lowest, udp0, lease_time, per_prefix, per_len)
-    if any(v is None for v in values) or None in (icmp_rate, offloads, workers):
+    if any(v is None for v in values) or None in (icmp_rate, offloads, workers, udp_gro):
         return None
     return TranslatorSection(
         tun_device=tun,  # type: ignore[arg-type]
@@ -525,6 +528,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         icmp_errors_per_second=icmp_rate,  # type: ignore[arg-type]
         offloads=offloads,  # type: ignore[arg-type]
         workers=workers,  # type: ignore[arg-type]
+        udp_gro_forwarding=udp_gro,  # type: ignore[arg-type]
     )
 
 

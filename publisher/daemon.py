@@ -40,6 +40,7 @@ from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, plan
 from publisher.snapshot import Snapshot
 from publisher.worker import Plane, SharedTable, WorkerHandle, plane_from_config, trim_memory
+from translator.offload import TUN_F_USO4
 from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
@@ -157,6 +158,12 @@ class Daemon:
         self._open_queues(cfg.translator.tun_device, count, cfg.translator.offloads)
         if cfg.translator.offloads:
             log.info("TUN offloads: %s", describe_offloads(self.offloads))
+        if cfg.translator.udp_gro_forwarding and not self.offloads & TUN_F_USO4:
+            log.warning(
+                "translator.udp_gro_forwarding is on but the TUN has no USO (offloads %s): "
+                "the kernel cuts UDP super-packets up again before the translator sees them",
+                describe_offloads(self.offloads),
+            )
         self.netlink.bring_up_tun(cfg.translator.mtu)
         self._apply_network(cfg)
         if count > 1:

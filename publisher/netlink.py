@@ -1,4 +1,4 @@
-"""Routes, proxy NDP and forwarding sysctls, through netlink (pyroute2).
+"""Routes, proxy NDP, forwarding sysctls and interface features, through netlink (pyroute2).
 
 :func:`plan` is pure: config plus the on-link prefixes of the router's
 interfaces in, the desired :class:`NetPlan` out.  :class:`NetlinkManager`
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from publisher.config import Config
+from publisher.ethtool import GRO_FORWARDING_FEATURES, EthtoolError, read_features, set_feature
 
 log = logging.getLogger("revnat64.netlink")
 
@@ -59,6 +60,7 @@ class NetPlan:
     proxies: frozenset[ProxyEntry]
     sysctls: tuple[tuple[str, str], ...]  # (path, value), in order
     warnings: tuple[str, ...] = ()
+    features: tuple[tuple[str, str, str], ...] = ()  # (interface, ethtool feature, "on"/"off")
 
 
 def plan(cfg: Config, onlink: Iterable[tuple[IPv6Network, str]]) -> NetPlan:
@@ -104,7 +106,18 @@ def plan(cfg: Config, onlink: Iterable[tuple[IPv6Network, str]]) -> NetPlan:
     sysctls: list[tuple[str, str]] = [(IPV6_FORWARD, "1"), (IPV4_FORWARD, "1")]
     for ifname in sorted({p.interface for p in proxies}):
         sysctls.append((proxy_ndp_sysctl(ifname), "1"))
-    return NetPlan(frozenset(routes), frozenset(proxies), tuple(sysctls), tuple(warnings))
+    features: list[tuple[str, str, str]] = []
+    if tr.udp_gro_forwarding:
+        # GRO first: UDP GRO forwarding does nothing without it.
+        for ifname in dict.fromkeys((cfg.wan.interface, cfg.lan.interface)):
+            features.extend((ifname, name, "on") for name in GRO_FORWARDING_FEATURES)
+    return NetPlan(
+        frozenset(routes),
+        frozenset(proxies),
+        tuple(sysctls),
+        tuple(warnings),
+        tuple(features),
+    )
 
 
 @dataclass
@@ -115,6 +128,8 @@ class AppliedState:
     routes: set[Route] = field(default_factory=set)
     proxies: set[ProxyEntry] = field(default_factory=set)
     sysctl_originals: dict[str, str] = field(default_factory=dict)
+    # "interface feature" -> the value it had before we changed it
+    feature_originals: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -123,6 +138,7 @@ class AppliedState:
                 "routes": sorted(r.dst for r in self.routes),
                 "proxies": sorted([p.address, p.interface] for p in self.proxies),
                 "sysctl_originals": self.sysctl_originals,
+                "feature_originals": self.feature_originals,
             },
             indent=1,
         )
@@ -135,6 +151,9 @@ class AppliedState:
             routes={Route(str(d)) for d in data.get("routes", [])},
             proxies={ProxyEntry(str(a), str(i)) for a, i in data.get("proxies", [])},
             sysctl_originals={str(k): str(v) for k, v in data.get("sysctl_originals", {}).items()},
+            feature_originals={
+                str(k): str(v) for k, v in data.get("feature_originals", {}).items()
+            },
         )
 
 
@@ -259,6 +278,7 @@ class NetlinkManager:
                     except OSError as exc:
                         raise NetlinkError(f"setting sysctl {path}={value}: {exc}") from exc
                     changes.append(f"sysctl {path}={value} (was {current})")
+        changes.extend(self._apply_features(desired.features))
         idx = self.link_index(self.tun_device)
         if idx is None:
             raise NetlinkError(f"TUN device {self.tun_device} is missing")
@@ -292,6 +312,45 @@ class NetlinkManager:
         self._save()
         return changes
 
+    def _apply_features(self, wanted: tuple[tuple[str, str, str], ...]) -> list[str]:
+        """Switch interface features on, remembering what they were; undo unwanted ones."""
+        changes: list[str] = []
+        keys = {f"{ifname} {feature}" for ifname, feature, _ in wanted}
+        for key in [k for k in self.state.feature_originals if k not in keys]:
+            self._restore_feature(key)
+            changes.append(f"restored {key}")
+        current: dict[str, dict[str, tuple[str, bool]]] = {}
+        for ifname, feature, value in wanted:
+            key = f"{ifname} {feature}"
+            if key in self.state.feature_originals:
+                continue
+            try:
+                if ifname not in current:
+                    current[ifname] = read_features(ifname)
+                now, fixed = current[ifname].get(feature, ("", True))
+                if now == value:
+                    continue
+                if not now or fixed:
+                    raise EthtoolError(
+                        f"{ifname} cannot switch {feature} "
+                        f"({'fixed ' + now if now else 'not offered by this driver/kernel'})"
+                    )
+                self.state.feature_originals[key] = now
+                self._save()
+                set_feature(ifname, feature, value)
+            except EthtoolError as exc:
+                raise NetlinkError(f"translator.udp_gro_forwarding: {exc}") from exc
+            changes.append(f"ethtool -K {ifname} {feature} {value} (was {now})")
+        return changes
+
+    def _restore_feature(self, key: str) -> None:
+        original = self.state.feature_originals.pop(key)
+        ifname, feature = key.split(" ", 1)
+        try:
+            set_feature(ifname, feature, original)
+        except EthtoolError as exc:  # e.g. the interface is gone: nothing left to restore
+            log.warning("restoring %s %s: %s", key, original, exc)
+
     def teardown(self, delete_tun: bool = True) -> None:
         """Remove everything we created; idempotent and best-effort per object."""
         self._undo_all()
@@ -317,6 +376,9 @@ class NetlinkManager:
                 self._route("del", route, idx, missing_ok=True)
         for path in list(self.state.sysctl_originals):
             self._restore_sysctl(path)
+        # Newest first: GRO goes back after UDP GRO forwarding.
+        for key in reversed(list(self.state.feature_originals)):
+            self._restore_feature(key)
         self.state.routes.clear()
         self.state.proxies.clear()
 
