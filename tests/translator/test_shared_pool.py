@@ -248,6 +248,9 @@ def test_two_workers_never_hand_out_an_address_twice(
                 if prev is not None and prev != c6:
                     # The address moved: its previous client must have been idle past lease_time.
                     assert now - last_use[prev] >= lease_time
+                # A client holds one lease: an address it held before is no longer its own.
+                for a4 in [k for k, v in holder.items() if v == c6 and k != r.v4]:
+                    del holder[a4]
                 holder[r.v4] = c6
                 last_use[c6] = now
         elif op == "lookup6":
