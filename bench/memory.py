@@ -22,12 +22,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 import yaml  # noqa: E402
 from run import iperf, rss_kib, start_revnat64  # noqa: E402
 
-from publisher.lab import DEVICE6, Lab, Netns, home_router_lab  # noqa: E402
+from publisher.lab import DEVICE6, Lab, Netns, home_router_lab, run  # noqa: E402
 
 
 def processes(router: Netns) -> list[float]:
     """RSS in MiB of the router namespace's processes: supervisor first, then the worker."""
-    pids = router.run(["ip", "netns", "pids", router.name]).stdout.split()
+    pids = run(["ip", "netns", "pids", router.name]).stdout.split()  # asked from outside
     return [rss_kib(int(p)) / 1024 for p in sorted(pids, key=int)]
 
 

@@ -50,6 +50,7 @@ from publisher.lab import (  # noqa: E402
     HomeRouterLab,
     Lab,
     home_router_lab,
+    run,
     wait_for,
 )
 
@@ -74,7 +75,7 @@ def rss_kib(pid: int) -> float:
 
 def translator_rss_kib(net: HomeRouterLab) -> float:
     """RSS of every process in the router namespace: the translator's (revnat64 has two)."""
-    pids = net.router.run(["ip", "netns", "pids", net.router.name]).stdout.split()
+    pids = run(["ip", "netns", "pids", net.router.name]).stdout.split()  # asked from outside
     total = 0.0
     for pid in pids:
         try:

@@ -204,6 +204,8 @@ class Config:
 # The parser: a small cursor over the YAML tree that records problems.
 
 T = TypeVar("T")
+A = TypeVar("A", IPv4Address, IPv6Address)
+N = TypeVar("N", IPv4Network, IPv6Network)
 _MISSING = object()
 
 
@@ -324,44 +326,37 @@ def _ifname(value: Any) -> str:
     return name
 
 
-def _ipv4_address(value: Any) -> IPv4Address:
-    text = _str(value)
-    try:
-        return IPv4Address(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 address") from None
+def _address(kind: type[A], family: str) -> Callable[[Any], A]:
+    def conv(value: Any) -> A:
+        text = _str(value)
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an {family} address") from None
+
+    return conv
 
 
-def _ipv6_address(value: Any) -> IPv6Address:
-    text = _str(value)
-    try:
-        return IPv6Address(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv6 address") from None
+def _network(kind: type[N], family: str) -> Callable[[Any], N]:
+    """A prefix converter; a prefix with host bits set gets the likely intended one."""
+
+    def conv(value: Any) -> N:
+        text = _str(value)
+        try:
+            return kind(text, strict=True)
+        except ValueError as exc:
+            if "host bits set" in str(exc):
+                meant = kind(text, strict=False)
+                raise ValueError(f"{text!r} has host bits set (did you mean {meant}?)") from None
+            raise ValueError(f"{text!r} is not an {family} address or prefix") from None
+
+    return conv
 
 
-def _ipv4_network(value: Any) -> IPv4Network:
-    text = _str(value)
-    try:
-        return IPv4Network(text, strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            raise ValueError(
-                f"{text!r} has host bits set (did you mean {IPv4Network(text, strict=False)}?)"
-            ) from None
-        raise ValueError(f"{text!r} is not an IPv4 address or prefix") from None
-
-
-def _ipv6_network(value: Any) -> IPv6Network:
-    text = _str(value)
-    try:
-        return IPv6Network(text, strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            raise ValueError(
-                f"{text!r} has host bits set (did you mean {IPv6Network(text, strict=False)}?)"
-            ) from None
-        raise ValueError(f"{text!r} is not an IPv6 address or prefix") from None
+_ipv4_address = _address(IPv4Address, "IPv4")
+_ipv6_address = _address(IPv6Address, "IPv6")
+_ipv4_network = _network(IPv4Network, "IPv4")
+_ipv6_network = _network(IPv6Network, "IPv6")
 
 
 def _hostport(value: Any) -> str:

@@ -227,7 +227,7 @@ def _demo(lab: Lab, tmp: Path, keep: bool, started: float) -> int:
         lambda: (
             camera.run(
                 [
-                    "python3",
+                    sys.executable,
                     "-c",
                     f"import socket;socket.create_connection(('127.0.0.1',{CAMERA_PORT}),1)",
                 ],

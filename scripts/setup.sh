@@ -5,8 +5,8 @@ set -eu
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES="python3 python3-venv python3-pip iproute2 nftables iptables ethtool kmod
-procps iputils-ping curl socat iperf3 tayga bind9 bind9-utils bind9-dnsutils
-dnsmasq-base unbound shellcheck systemd"
+procps iputils-ping curl socat tcpdump iperf3 tayga bind9 bind9-utils bind9-dnsutils
+dnsmasq-base unbound shellcheck systemd dash util-linux coreutils"
 
 missing=""
 for pkg in $APT_PACKAGES; do

@@ -195,17 +195,7 @@ class Pool4:
 
     def dump(self, now: float) -> str:
         """JSON snapshot of the leases with their idle ages (see ``restore``)."""
-        return json.dumps(
-            {
-                "version": DUMP_VERSION,
-                "network": str(self.network),
-                "leases": [
-                    {"ipv6": v6, "ipv4": v4, "idle": max(0.0, now - seen)}
-                    for v6, v4, seen in self.leases()
-                ],
-            },
-            indent=1,
-        )
+        return dump_leases(self.network, self.leases(), now)
 
     def restore(self, text: str, now: float) -> int:
         """Load leases from a ``dump``; return how many were kept.
@@ -214,29 +204,7 @@ class Pool4:
         this pool, not reserved, not already taken (either side) and within the
         per-prefix limit.  Anything else in ``text``, including garbage, is ignored.
         """
-        try:
-            doc = json.loads(text)
-        except (ValueError, TypeError, RecursionError):
-            return 0
-        if not isinstance(doc, dict) or doc.get("version") != DUMP_VERSION:
-            return 0
-        items = doc.get("leases")
-        if not isinstance(items, list):
-            return 0
-        parsed: list[tuple[float, bytes, bytes]] = []
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            try:
-                v6 = ipaddress.IPv6Address(item["ipv6"]).packed
-                v4 = ipaddress.IPv4Address(item["ipv4"]).packed
-                idle = float(item["idle"])
-            except (KeyError, ValueError, TypeError, ipaddress.AddressValueError):
-                continue
-            if not 0.0 <= idle < self.lease_time:  # also rejects NaN
-                continue
-            parsed.append((idle, v6, v4))
-        parsed.sort(key=lambda t: -t[0])  # most idle first: the front of the LRU order
+        parsed = parse_dump(text, self.lease_time)  # most idle first: the LRU front
         kept = 0
         for idle, v6, v4 in parsed:
             n = int.from_bytes(v4, "big")
@@ -286,3 +254,46 @@ class Pool4:
                 self.expired += 1
                 return oldest.v4
         return None
+
+
+def dump_leases(network: object, leases: list[tuple[str, str, float]], now: float) -> str:
+    """The lease file: leases with their idle ages, so a restart with another clock
+    base (monotonic time starts anew) keeps how long each has been idle."""
+    return json.dumps(
+        {
+            "version": DUMP_VERSION,
+            "network": str(network),
+            "leases": [
+                {"ipv6": v6, "ipv4": v4, "idle": max(0.0, now - seen)} for v6, v4, seen in leases
+            ],
+        },
+        indent=1,
+    )
+
+
+def parse_dump(text: str, lease_time: float) -> list[tuple[float, bytes, bytes]]:
+    """(idle, ipv6, ipv4) of the valid leases in a dump, most idle first; garbage is skipped."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return []
+    if not isinstance(doc, dict) or doc.get("version") != DUMP_VERSION:
+        return []
+    items = doc.get("leases")
+    if not isinstance(items, list):
+        return []
+    parsed: list[tuple[float, bytes, bytes]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        try:
+            v6 = ipaddress.IPv6Address(item["ipv6"]).packed
+            v4 = ipaddress.IPv4Address(item["ipv4"]).packed
+            idle = float(item["idle"])
+        except (KeyError, ValueError, TypeError, ipaddress.AddressValueError):
+            continue
+        if not 0.0 <= idle < lease_time:  # also rejects NaN
+            continue
+        parsed.append((idle, v6, v4))
+    parsed.sort(key=lambda t: -t[0])
+    return parsed

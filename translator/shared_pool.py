@@ -52,13 +52,12 @@ The counters ``created``, ``expired``, ``refused_exhausted`` and
 from __future__ import annotations
 
 import ipaddress
-import json
 import struct
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Union
 
-from .pool import DUMP_VERSION, Lease
+from .pool import Lease, dump_leases, parse_dump
 from .verdict import DropReason
 
 SharedBuffer = Union[bytearray, Any]  # a bytearray (tests) or an mmap.mmap (the daemon)
@@ -374,17 +373,7 @@ class SharedPool4:
 
     def dump(self, now: float) -> str:
         """JSON of the leases with their idle ages, in :class:`Pool4`'s format."""
-        return json.dumps(
-            {
-                "version": DUMP_VERSION,
-                "network": str(self.network),
-                "leases": [
-                    {"ipv6": v6, "ipv4": v4, "idle": max(0.0, now - seen)}
-                    for v6, v4, seen in self.leases()
-                ],
-            },
-            indent=1,
-        )
+        return dump_leases(self.network, self.leases(), now)
 
     def restore(self, text: str, now: float) -> int:
         """Load leases from a ``dump`` (either pool's); return how many were kept.
@@ -539,31 +528,3 @@ class SharedPool4:
             self._per_prefix[prefix] = left
         else:
             del self._per_prefix[prefix]
-
-
-def parse_dump(text: str, lease_time: float) -> list[tuple[float, bytes, bytes]]:
-    """(idle, ipv6, ipv4) of the valid leases in a dump, most idle first; garbage is skipped."""
-    try:
-        doc = json.loads(text)
-    except (ValueError, TypeError, RecursionError):
-        return []
-    if not isinstance(doc, dict) or doc.get("version") != DUMP_VERSION:
-        return []
-    items = doc.get("leases")
-    if not isinstance(items, list):
-        return []
-    parsed: list[tuple[float, bytes, bytes]] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        try:
-            v6 = ipaddress.IPv6Address(item["ipv6"]).packed
-            v4 = ipaddress.IPv4Address(item["ipv4"]).packed
-            idle = float(item["idle"])
-        except (KeyError, ValueError, TypeError, ipaddress.AddressValueError):
-            continue
-        if not 0.0 <= idle < lease_time:  # also rejects NaN
-            continue
-        parsed.append((idle, v6, v4))
-    parsed.sort(key=lambda t: -t[0])
-    return parsed
