@@ -271,7 +271,9 @@ class Daemon:
     def export(self) -> Any:
         """A Snapshot for the exporters: the workers' counters plus the supervisor's state."""
         parts = [worker.call("snapshot") for worker in self.workers]
-        head = Snapshot(mappings=list(self.plane.mappings), workers=0)
+        head = Snapshot(
+            mappings=list(self.plane.mappings), workers=0, prefix=self.plane.prefix or ""
+        )
         snap = Snapshot.merge([head, *parts])
         snap.reloads = dict(self.reloads)
         snap.last_reload_timestamp = self.last_reload

@@ -10,6 +10,13 @@ Names follow the Prometheus conventions: the ``revnat64_`` prefix, base units
 (bytes, seconds), ``_total`` on counters, and labels of low cardinality only:
 mapping names, directions, drop reasons and ICMP types, all bounded by the
 config and the translator's code.  Client addresses never become labels.
+Traffic that no mapping owns (through ``translator.prefix``) carries the
+reserved ``mapping="_prefix"``, which no configured mapping can be named.
+
+The data plane runs in worker processes, which prometheus-client's
+``process_*`` metrics (the supervisor's) do not see; each worker measures
+itself when asked for a snapshot, and the ``revnat64_worker_*`` families
+export that per worker, labelled by worker index only.
 
 Every series the config implies is emitted from the first scrape on, at 0 if
 nothing happened yet (every mapping in both directions, both reload results,
@@ -48,7 +55,7 @@ from prometheus_client.registry import Collector
 
 from publisher import __version__
 from publisher.config import split_hostport
-from publisher.snapshot import DIRECTIONS, Snapshot
+from publisher.snapshot import DIRECTIONS, PREFIX_MAPPING, Snapshot
 
 __all__ = [
     "MetricsServer",
@@ -84,11 +91,14 @@ class SnapshotCollector(Collector):
         yield from _pool_families(snap)
         yield from _firewall_families(snap)
         yield from _daemon_families(snap)
+        yield from _worker_families(snap)
 
 
 def _mapping_directions(snap: Snapshot) -> list[tuple[str, str]]:
-    """Every configured mapping in both directions, plus any key the counters carry."""
-    keys = [(m.name, d) for m in snap.mappings for d in DIRECTIONS]
+    """Every configured mapping in both directions (and the prefix's, when there is
+    one), plus any key the counters carry."""
+    names = [m.name for m in snap.mappings] + ([PREFIX_MAPPING] if snap.prefix else [])
+    keys = [(name, d) for name in names for d in DIRECTIONS]
     seen = set(keys)
     for key in sorted(set(snap.packets) | set(snap.bytes)):
         if key not in seen:
@@ -102,7 +112,8 @@ def _traffic_families(snap: Snapshot) -> Iterator[Metric]:
         "revnat64_translated_packets",
         "Packets translated, by mapping and direction (6to4: from IPv6 clients to the "
         "IPv4 device; 4to6: the device's replies). Compare the two directions to see "
-        "whether a device answers.",
+        'whether a device answers. mapping="_prefix": traffic no mapping owns (through '
+        "translator.prefix).",
         labels=("mapping", "direction"),
     )
     octets = CounterMetricFamily(
@@ -231,6 +242,33 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "Unix time the daemon started.",
         value=snap.started_timestamp,
     )
+
+
+def _worker_families(snap: Snapshot) -> Iterator[Metric]:
+    cpu = CounterMetricFamily(
+        "revnat64_worker_cpu_seconds",
+        "CPU time (user + system) of each translation worker process, by worker index. "
+        "process_cpu_seconds_total covers only the supervisor.",
+        labels=("worker",),
+    )
+    rss = GaugeMetricFamily(
+        "revnat64_worker_resident_memory_bytes",
+        "Resident memory of each translation worker process, by worker index.",
+        labels=("worker",),
+    )
+    fds = GaugeMetricFamily(
+        "revnat64_worker_open_fds",
+        "Open file descriptors of each translation worker process, by worker index.",
+        labels=("worker",),
+    )
+    for usage in snap.worker_usage:
+        label = (str(usage.index),)
+        cpu.add_metric(label, usage.cpu_seconds)
+        rss.add_metric(label, usage.resident_bytes)
+        fds.add_metric(label, usage.open_fds)
+    yield cpu
+    yield rss
+    yield fds
 
 
 def _with_fixed(fixed: Iterable[str], counts: dict[str, int]) -> list[str]:

@@ -15,6 +15,16 @@ JSON has no tuple keys, so the keyed counters travel as lists of rows.
 Client addresses appear only in :attr:`Snapshot.leases`, which ``status``
 prints and the exporter never turns into labels (one series per client would
 let any scanner blow up Prometheus' memory).
+
+Traffic that no mapping owns (through the RFC 6052 ``translator.prefix``)
+is counted under :data:`PREFIX_MAPPING`, a name no config can give a mapping,
+so it sits in the same ``packets``/``bytes`` dicts without ever colliding.
+
+The JSON format grows only by optional fields: a reader fills a field the
+daemon did not send (``prefix``, ``worker_usage``) with its default, and a
+reader ignores fields it does not know, so ``status`` and the daemon may be
+one version apart in either direction.  :data:`FORMAT_VERSION` changes only
+when a field changes its meaning.
 """
 
 from __future__ import annotations
@@ -23,10 +33,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DIRECTIONS", "FORMAT_VERSION", "MappingInfo", "Snapshot"]
+__all__ = [
+    "DIRECTIONS",
+    "FORMAT_VERSION",
+    "PREFIX_MAPPING",
+    "MappingInfo",
+    "Snapshot",
+    "WorkerUsage",
+]
 
 DIRECTIONS = ("6to4", "4to6")
 FORMAT_VERSION = 1
+# The mapping name for traffic no mapping owns.  Mapping names match
+# ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ (publisher.config), so a leading "_" is free.
+PREFIX_MAPPING = "_prefix"
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,22 @@ class MappingInfo:
     ipv6: str
     ipv4: str
     hostname: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerUsage:
+    """What one data-plane worker process costs, measured when it is asked for a snapshot.
+
+    prometheus-client's ``process_*`` metrics describe only the supervisor,
+    while the workers spend most of the CPU.  ``pid`` is for ``status`` only;
+    it is never a metric label (it changes on every restart).
+    """
+
+    index: int
+    pid: int
+    cpu_seconds: float  # user + system, like process_cpu_seconds_total
+    resident_bytes: int
+    open_fds: int
 
 
 @dataclass
@@ -72,6 +108,10 @@ class Snapshot:
     # (ipv6 client, ipv4 lease, idle seconds): for status only, never a metric label
     leases: list[tuple[str, str, float]] = field(default_factory=list)
     workers: int = 1
+    # translator.prefix ("" when none): the traffic counted under PREFIX_MAPPING goes there
+    prefix: str = ""
+    # one entry per worker process, sorted by index; [] from a part that is not a worker
+    worker_usage: list[WorkerUsage] = field(default_factory=list)
 
     # ------------------------------------------------------------------ JSON
 
@@ -97,6 +137,11 @@ class Snapshot:
             "dns_state": self.dns_state,
             "leases": [[c, a, idle] for c, a, idle in self.leases],
             "workers": self.workers,
+            "prefix": self.prefix,
+            "worker_usage": [
+                [u.index, u.pid, u.cpu_seconds, u.resident_bytes, u.open_fds]
+                for u in self.worker_usage
+            ],
         }
         return json.dumps(doc, sort_keys=True)
 
@@ -136,6 +181,12 @@ class Snapshot:
                 dns_state=str(doc["dns_state"]),
                 leases=[(str(c), str(a), float(idle)) for c, a, idle in doc["leases"]],
                 workers=int(doc["workers"]),
+                # Optional: a daemon one version older does not send them.
+                prefix=str(doc.get("prefix", "")),
+                worker_usage=[
+                    WorkerUsage(int(i), int(pid), float(cpu), int(rss), int(fds))
+                    for i, pid, cpu, rss, fds in doc.get("worker_usage", [])
+                ],
             )
         except KeyError as exc:
             raise ValueError(f"status reply lacks the field {exc.args[0]!r}") from None
@@ -164,6 +215,9 @@ class Snapshot:
         * ``workers`` is the sum of the parts' ``workers``: each part says how
           many translating workers it stands for (a supervisor that does not
           translate reports 0).
+        * ``prefix`` is configuration: copied from ``parts[0]``.
+        * ``worker_usage`` is kept per worker, never summed: the parts' lists
+          are concatenated and sorted by worker index.
         """
         if not parts:
             raise ValueError("Snapshot.merge needs at least one snapshot")
@@ -188,6 +242,8 @@ class Snapshot:
             dns_state=head.dns_state,
             leases=list(owner.leases),
             workers=sum(p.workers for p in parts),
+            prefix=head.prefix,
+            worker_usage=sorted((u for p in parts for u in p.worker_usage), key=lambda u: u.index),
         )
 
 

@@ -18,9 +18,16 @@ import time
 
 from publisher.config import ConfigError, load_config
 from publisher.control import ControlError, DaemonNotRunning, request
-from publisher.snapshot import Snapshot
+from publisher.snapshot import PREFIX_MAPPING, Snapshot
 
-__all__ = ["cmd_status", "format_bytes", "format_count", "format_duration", "render_status"]
+__all__ = [
+    "cmd_status",
+    "format_bytes",
+    "format_count",
+    "format_cpu",
+    "format_duration",
+    "render_status",
+]
 
 MAX_LEASES_SHOWN = 20
 
@@ -61,6 +68,13 @@ def format_duration(seconds: float) -> str:
     return " ".join(f"{value}{unit}" for value, unit in parts[:2])
 
 
+def format_cpu(seconds: float) -> str:
+    """CPU time: 0.42s, 12.3s under a minute, then as a duration (3m 20s)."""
+    if seconds < 60:
+        return f"{_three_digits(seconds)}s"
+    return format_duration(seconds)
+
+
 def _host(address: str) -> str:
     """``2001:db8::5/128`` -> ``2001:db8::5``: a single-address mapping reads as an address."""
     for suffix in ("/128", "/32"):
@@ -97,6 +111,15 @@ def render_status(snap: Snapshot, now: float) -> str:
             pkts, nbytes = snap.firewall_drops.get(m.name, (0, 0))
             row.append(f"{format_count(pkts)} ({format_bytes(nbytes)})")
         rows.append(row)
+    if snap.prefix or any(key[0] == PREFIX_MAPPING for key in snap.packets):
+        # Traffic no mapping owns: clients reaching any IPv4 host through the prefix.
+        row = [PREFIX_MAPPING, snap.prefix or "-", "any"]
+        for direction in ("6to4", "4to6"):
+            row.append(format_count(snap.packets.get((PREFIX_MAPPING, direction), 0)))
+            row.append(format_bytes(snap.bytes.get((PREFIX_MAPPING, direction), 0)))
+        if firewall_on:
+            row.append("-")
+        rows.append(row)
     lines = _table(header, rows, right=set(range(3, len(header))))
     if not snap.mappings:
         lines.append("(no mappings configured)")
@@ -125,6 +148,11 @@ def render_status(snap: Snapshot, now: float) -> str:
     lines.append(f"dns:           {snap.dns_state}")
     uptime = format_duration(now - snap.started_timestamp) if snap.started_timestamp else "?"
     lines.append(f"uptime:        {uptime}, {snap.workers} worker(s)")
+    for usage in snap.worker_usage:
+        lines.append(
+            f"{f'worker {usage.index}:':<15}cpu {format_cpu(usage.cpu_seconds)}, "
+            f"rss {format_bytes(usage.resident_bytes)}, {usage.open_fds} fds, pid {usage.pid}"
+        )
 
     if snap.leases:
         lines.append("")

@@ -45,7 +45,7 @@ from typing import Any
 
 from publisher.config import Config
 from publisher.netlink import atomic_write
-from publisher.snapshot import DIRECTIONS, MappingInfo, Snapshot
+from publisher.snapshot import DIRECTIONS, PREFIX_MAPPING, MappingInfo, Snapshot, WorkerUsage
 from translator import DropReason, Pool4, Tables, Translator, TranslatorSettings
 from translator.shared_pool import SharedPool4, buffer_size
 from translator.tun import (
@@ -226,8 +226,10 @@ class Totals:
         )
 
     def absorb(self, names: list[str], c: Counters) -> None:
+        """Add ``c`` (indexed like ``names``, plus the no-mapping slot at the end)."""
         for d, direction in enumerate(DIRECTIONS):
-            for i, name in enumerate(names):
+            # The extra slot (mapping index -1) goes under the reserved PREFIX_MAPPING.
+            for i, name in enumerate([*names, PREFIX_MAPPING]):
                 key = (name, direction)
                 self.packets[key] = self.packets.get(key, 0) + c.packets[d][i]
                 self.bytes[key] = self.bytes.get(key, 0) + c.bytes[d][i]
@@ -236,6 +238,38 @@ class Totals:
                 self.dropped[reason.label] = self.dropped.get(reason.label, 0) + c.dropped[reason]
         for icmp_key, value in c.icmp_errors.items():
             self.icmp_errors[icmp_key] = self.icmp_errors.get(icmp_key, 0) + value
+
+
+# -- what a worker costs ------------------------------------------------------------------
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_usage(index: int) -> WorkerUsage:
+    """CPU, resident memory and open fds of this process, read on request only.
+
+    Three cheap reads (``times``, ``/proc/self/statm``, ``/proc/self/fd``) per
+    snapshot, nothing per packet.  Where /proc is missing the memory and fd
+    figures are 0 rather than an error: a scrape must not fail over them.
+    """
+    times = os.times()
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            resident = int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        resident = 0
+    try:
+        # The directory's own fd, open while it is listed, is not one of ours.
+        fds = max(0, len(os.listdir("/proc/self/fd")) - 1)
+    except OSError:
+        fds = 0
+    return WorkerUsage(
+        index=index,
+        pid=os.getpid(),
+        cpu_seconds=times.user + times.system,
+        resident_bytes=resident,
+        open_fds=fds,
+    )
 
 
 # -- the worker -------------------------------------------------------------------------
@@ -361,6 +395,12 @@ class Worker:
             for direction in DIRECTIONS:
                 totals.packets.setdefault((name, direction), 0)
                 totals.bytes.setdefault((name, direction), 0)
+        for direction in DIRECTIONS:
+            # Left out while it is 0: without translator.prefix it would only be noise;
+            # the exporter emits it at 0 when a prefix is configured.
+            for counts in (totals.packets, totals.bytes):
+                if not counts.get((PREFIX_MAPPING, direction)):
+                    counts.pop((PREFIX_MAPPING, direction), None)
         dropped = {
             r.label: totals.dropped.get(r.label, 0) for r in DropReason if r is not DropReason.NONE
         }
@@ -389,6 +429,7 @@ class Worker:
                 else []
             ),
             workers=1,
+            worker_usage=[measure_usage(self.index)],
         )
 
     def lease_mark(self) -> Any:

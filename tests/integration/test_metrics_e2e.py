@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from publisher.snapshot import Snapshot
-from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
-from tests.netlab import CLIENT6, DEVICE6, ROUTER_WAN6, Lab, wait_for
+from tests.integration.daemon_lab import ECHO_SERVER, ROOT, DaemonLab, base_config
+from tests.netlab import CLIENT6, DEVICE4, DEVICE6, ROUTER_WAN6, Lab, wait_for
 from tests.publisher.metrics_samples import Samples, parse, series
 
 pytestmark = pytest.mark.integration
@@ -65,6 +65,7 @@ def scrape(d: DaemonLab) -> Samples:
     return parse(out)
 
 
+WORKER_USAGE = "revnat64_worker_"
 NO_MAPPING = series("revnat64_dropped_packets_total", reason="no_mapping")
 MULTICAST = series("revnat64_dropped_packets_total", reason="multicast")
 
@@ -103,11 +104,12 @@ def delta(before: Samples, after: Samples) -> dict[Any, float]:
     """Series whose value changed (series that appeared count from 0).
 
     The router's own MLD chatter (``multicast``) is left out: scrape_settled
-    already checked it equals what the kernel sent into the TUN.
+    already checked it equals what the kernel sent into the TUN.  So are the
+    workers' CPU, memory and fds, which change on their own.
     """
     changed = {}
     for key, value in after.items():
-        if key == MULTICAST:
+        if key == MULTICAST or key[0].startswith(WORKER_USAGE):
             continue
         if key[0].startswith("revnat64_") and value != before.get(key, 0.0):
             changed[key] = value - before.get(key, 0.0)
@@ -290,22 +292,31 @@ def test_status_and_textfile_agree_with_the_endpoint(mlab: DaemonLab) -> None:
 
     scraped = scrape_settled(mlab)
     assert scraped[translated("camera", "6to4")] == 7
+
     # MLD chatter may grow between the two reads; every other series must match.
-    expected = {k: v for k, v in scraped.items() if k[0].startswith("revnat64_")}
-    expected.pop(MULTICAST)
+    # So may the workers' CPU, memory and fds (checked on their own below).
+    def comparable(samples: Samples) -> Samples:
+        return {
+            k: v
+            for k, v in samples.items()
+            if k[0].startswith("revnat64_") and not k[0].startswith(WORKER_USAGE) and k != MULTICAST
+        }
+
+    expected = comparable(scraped)
 
     def file_samples() -> Samples | None:
         if not textfile.exists():
             return None
-        samples = parse(textfile.read_text())
-        samples.pop(MULTICAST, None)
-        return samples
+        return comparable(parse(textfile.read_text()))
 
     # The writer rewrites the file every second; it catches up with the endpoint.
     wait_for(
         lambda: file_samples() == expected,
         what="the textfile to hold what the endpoint serves",
     )
+
+    # The textfile has no process_* series; the workers' own usage is there.
+    assert parse(textfile.read_text())[worker_series("resident_memory_bytes", 0)] > 0
 
     proc = run_cli("status", "-c", str(mlab.config_path))
     assert proc.returncode == 0, proc.stderr
@@ -319,3 +330,97 @@ def test_status_and_textfile_agree_with_the_endpoint(mlab: DaemonLab) -> None:
     proc = run_cli("status", "-c", str(mlab.config_path))
     assert proc.returncode == 1
     assert "the daemon is not running" in proc.stderr
+
+
+def worker_series(name: str, index: int) -> Any:
+    return series(f"revnat64_worker_{name}", worker=str(index))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_worker_reports_its_own_cpu_memory_and_fds(mlab: DaemonLab, workers: int) -> None:
+    mlab.write_config(metrics_config(mlab, workers=workers))
+    mlab.start()
+    mlab.start_udp_echo(7)
+    assert mlab.udp_echo(PAYLOAD, count=1) == 1
+    before = scrape_settled(mlab)
+    assert before[series("revnat64_workers")] == workers
+    exported = sorted(
+        dict(labels)["worker"] for name, labels in before if name.startswith(WORKER_USAGE)
+    )
+    assert exported == sorted([str(i) for i in range(workers)] * 3)  # cpu, memory, fds each
+
+    # The pids in status are the supervisor's children, one per worker, and the
+    # numbers are theirs: a worker's RSS is far below the whole daemon's.
+    proc = run_cli("status", "-c", str(mlab.config_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    snap = Snapshot.from_json(proc.stdout)
+    assert [u.index for u in snap.worker_usage] == list(range(workers))
+    assert mlab.proc is not None
+    children = Path(f"/proc/{mlab.proc.pid}/task/{mlab.proc.pid}/children").read_text().split()
+    assert sorted(str(u.pid) for u in snap.worker_usage) == sorted(children)
+    for index in range(workers):
+        assert before[worker_series("resident_memory_bytes", index)] > 1 << 20
+        assert before[worker_series("open_fds", index)] >= 3  # at least TUN, channel, pipe
+
+    # Traffic costs the workers CPU: the sum over them grows (one flow uses one queue).
+    assert mlab.udp_echo(PAYLOAD, count=300) == 300
+    after = scrape_settled(mlab)
+    cpu = [worker_series("cpu_seconds_total", i) for i in range(workers)]
+    assert sum(after[k] for k in cpu) > sum(before[k] for k in cpu)
+    for key in cpu:
+        assert after[key] >= before[key]  # a counter
+    assert after[translated("camera", "6to4")] - before[translated("camera", "6to4")] == 300
+
+    text = run_cli("status", "-c", str(mlab.config_path)).stdout
+    for index in range(workers):
+        assert f"worker {index}:" in text, text
+
+
+PREFIX = "2001:db8:64::/96"
+REMOTE4 = "203.0.113.10"  # an IPv4 host no mapping covers, behind the device
+REMOTE_VIA_PREFIX = "2001:db8:64::cb00:710a"  # REMOTE4 embedded in PREFIX (RFC 6052 /96)
+
+
+def test_traffic_through_the_prefix_counts_under_the_reserved_mapping(mlab: DaemonLab) -> None:
+    """A client reaches an unmapped IPv4 host as <prefix>:<ipv4>; no mapping owns it.
+
+    6->4 the client's source gets a pool4 lease and the destination is the
+    embedded IPv4 address; 4->6 the host's source maps back through the prefix.
+    The translator counts both under mapping index -1, exported as "_prefix".
+    """
+    mlab.write_config(metrics_config(mlab, prefix=PREFIX))
+    # The IPv4 host lives on the device's namespace, routed from the router via the device.
+    mlab.device.run(f"ip addr add {REMOTE4}/32 dev lan0")
+    mlab.router.run(f"ip route add 203.0.113.0/24 via {DEVICE4} dev lan0")
+    mlab.start()
+    mlab.device.popen([sys.executable, str(ECHO_SERVER), REMOTE4, "7"])
+    start = scrape_settled(mlab)
+    # Configured prefix: its series exist at 0 before any traffic.
+    for direction in ("6to4", "4to6"):
+        assert start[translated("_prefix", direction)] == 0
+        assert start[translated("_prefix", direction, "bytes")] == 0
+    # Warm up (the echo server may still be starting): lease and neighbour entries.
+    wait_for(
+        lambda: mlab.udp_echo(PAYLOAD, dst=REMOTE_VIA_PREFIX, count=1) == 1,
+        timeout=15,
+        interval=0.2,
+        what="an echo from the IPv4 host through the prefix",
+    )
+    before = scrape_settled(mlab)
+
+    assert mlab.udp_echo(PAYLOAD, dst=REMOTE_VIA_PREFIX, count=12) == 12
+    after = scrape_settled(mlab)
+
+    assert delta(before, after) == {
+        translated("_prefix", "6to4"): 12,
+        translated("_prefix", "4to6"): 12,
+        translated("_prefix", "6to4", "bytes"): 12 * (IPV4_HEADER + UDP_HEADER + PAYLOAD),
+        translated("_prefix", "4to6", "bytes"): 12 * (IPV6_HEADER + UDP_HEADER + PAYLOAD),
+    }
+    assert after[translated("camera", "6to4")] == 0  # the device's mapping saw none of it
+
+    proc = run_cli("status", "-c", str(mlab.config_path))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line}
+    sent = int(after[translated("_prefix", "6to4")])
+    assert rows["_prefix"][:4] == ["_prefix", PREFIX, "any", str(sent)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from publisher.snapshot import MappingInfo, Snapshot
+from publisher.snapshot import MappingInfo, Snapshot, WorkerUsage
 
 # Fixed "now" for rendering: 2026-01-02 03:04:05 UTC.
 NOW = 1767323045.0
@@ -22,11 +22,15 @@ def sample_snapshot() -> Snapshot:
             ("frontdoor-cam", "6to4"): 1523,
             ("frontdoor-cam", "4to6"): 1490,
             ("nas", "6to4"): 2_500_000,
+            ("_prefix", "6to4"): 40,
+            ("_prefix", "4to6"): 38,
         },
         bytes={
             ("frontdoor-cam", "6to4"): 98_304,
             ("frontdoor-cam", "4to6"): 5_452_595,
             ("nas", "6to4"): 3_221_225_472,
+            ("_prefix", "6to4"): 4_800,
+            ("_prefix", "4to6"): 5_320,
         },
         dropped={"no_mapping": 17, "malformed": 2, "ttl_exceeded": 0, "fragment": 0},
         icmp_errors={
@@ -51,6 +55,15 @@ def sample_snapshot() -> Snapshot:
             ("2001:db8:1::3", "198.51.100.8", 0.5),
         ],
         workers=2,
+        prefix="2001:db8:64::/96",
+        worker_usage=[
+            WorkerUsage(
+                index=0, pid=4242, cpu_seconds=12.34, resident_bytes=22_437_888, open_fds=9
+            ),
+            WorkerUsage(
+                index=1, pid=4243, cpu_seconds=187.5, resident_bytes=18_874_368, open_fds=7
+            ),
+        ],
     )
 
 

@@ -44,6 +44,10 @@ EXPECTED_SAMPLE = {
     series("revnat64_translated_bytes_total", mapping="nas", direction="4to6"): 0,
     series("revnat64_translated_bytes_total", mapping="lab-range", direction="6to4"): 0,
     series("revnat64_translated_bytes_total", mapping="lab-range", direction="4to6"): 0,
+    series("revnat64_translated_packets_total", mapping="_prefix", direction="6to4"): 40,
+    series("revnat64_translated_packets_total", mapping="_prefix", direction="4to6"): 38,
+    series("revnat64_translated_bytes_total", mapping="_prefix", direction="6to4"): 4_800,
+    series("revnat64_translated_bytes_total", mapping="_prefix", direction="4to6"): 5_320,
     series("revnat64_dropped_packets_total", reason="no_mapping"): 17,
     series("revnat64_dropped_packets_total", reason="malformed"): 2,
     series("revnat64_dropped_packets_total", reason="ttl_exceeded"): 0,
@@ -70,6 +74,12 @@ EXPECTED_SAMPLE = {
     series("revnat64_workers"): 2,
     series("revnat64_build_info", version=__version__, python=platform.python_version()): 1,
     series("revnat64_start_time_seconds"): NOW - 191_220,  # 2d 5h 7m
+    series("revnat64_worker_cpu_seconds_total", worker="0"): 12.34,
+    series("revnat64_worker_cpu_seconds_total", worker="1"): 187.5,
+    series("revnat64_worker_resident_memory_bytes", worker="0"): 22_437_888,
+    series("revnat64_worker_resident_memory_bytes", worker="1"): 18_874_368,
+    series("revnat64_worker_open_fds", worker="0"): 9,
+    series("revnat64_worker_open_fds", worker="1"): 7,
 }
 
 
@@ -282,3 +292,21 @@ def test_textfile_writer_survives_write_errors(
             writer.stop()
     assert f"cannot write metrics textfile {path}" in caplog.text
     assert parse(path.read_text()) == EXPECTED_SAMPLE
+
+
+def test_prefix_series_exist_at_zero_only_when_a_prefix_is_configured() -> None:
+    mappings = [MappingInfo("cam", "2001:db8:200::50", "192.0.2.50", "")]
+    prefix_series = series("revnat64_translated_packets_total", mapping="_prefix", direction="4to6")
+    with_prefix = parse(
+        render(lambda: Snapshot(mappings=mappings, prefix="2001:db8:64::/96")).decode()
+    )
+    assert with_prefix[prefix_series] == 0
+    without = parse(render(lambda: Snapshot(mappings=mappings)).decode())
+    assert prefix_series not in without
+
+
+def test_worker_families_exist_without_series_when_no_worker_answered() -> None:
+    text = render(lambda: Snapshot()).decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"revnat64_worker_cpu_seconds", "revnat64_worker_resident_memory_bytes"} <= names
+    assert "revnat64_worker_cpu_seconds_total{" not in text

@@ -78,6 +78,8 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "revnat64_pool_addresses",
         "revnat64_reloads_total",
         "revnat64_firewall_dropped_packets_total",
+        "revnat64_worker_cpu_seconds_total",
+        "revnat64_worker_resident_memory_bytes",
     ):
         assert name in used, name
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from publisher.snapshot import MappingInfo, Snapshot
+from publisher.snapshot import FORMAT_VERSION, MappingInfo, Snapshot, WorkerUsage
 from tests.publisher.metrics_samples import sample_snapshot
 
 
@@ -112,6 +112,40 @@ def test_merge_takes_pool_gauges_from_the_part_that_owns_the_pool() -> None:
     assert merged.firewall_state == "applied"
 
 
+def test_merge_keeps_worker_usage_per_worker_in_index_order() -> None:
+    supervisor = Snapshot(workers=0, prefix="2001:db8:64::/96")
+    usage0 = WorkerUsage(index=0, pid=100, cpu_seconds=1.5, resident_bytes=4096, open_fds=8)
+    usage1 = WorkerUsage(index=1, pid=101, cpu_seconds=0.25, resident_bytes=8192, open_fds=6)
+    worker0 = Snapshot(worker_usage=[usage0], prefix="ignored: not configuration")
+    worker1 = Snapshot(worker_usage=[usage1])
+    merged = Snapshot.merge([supervisor, worker1, worker0])
+    assert merged.worker_usage == [usage0, usage1]  # never summed
+    assert merged.prefix == "2001:db8:64::/96"  # configuration: from the supervisor
+
+
+def test_json_from_an_older_daemon_without_the_optional_fields_still_reads() -> None:
+    """status and daemon may be one version apart: new fields are optional."""
+    doc = json.loads(sample_snapshot().to_json())
+    assert doc["format"] == FORMAT_VERSION
+    del doc["prefix"], doc["worker_usage"]
+    snap = Snapshot.from_json(json.dumps(doc))
+    assert (snap.prefix, snap.worker_usage) == ("", [])
+    assert snap.packets == sample_snapshot().packets
+
+
+def test_json_with_fields_this_version_does_not_know_still_reads() -> None:
+    doc = json.loads(sample_snapshot().to_json())
+    doc["from_the_future"] = [1, 2, 3]
+    assert Snapshot.from_json(json.dumps(doc)) == sample_snapshot()
+
+
+def test_from_json_rejects_a_malformed_worker_usage_row() -> None:
+    doc = json.loads(sample_snapshot().to_json())
+    doc["worker_usage"] = [[0, 4242, 1.0]]  # a row without memory and fds
+    with pytest.raises(ValueError, match="malformed field"):
+        Snapshot.from_json(json.dumps(doc))
+
+
 def test_merge_needs_a_part() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Snapshot.merge([])
@@ -170,4 +204,6 @@ def test_snapshot_field_names_are_the_contract() -> None:
         "dns_state",
         "leases",
         "workers",
+        "prefix",
+        "worker_usage",
     ]

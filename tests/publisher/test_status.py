@@ -12,7 +12,13 @@ import yaml
 
 from publisher.control import ControlServer
 from publisher.snapshot import MappingInfo, Snapshot
-from publisher.status import format_bytes, format_count, format_duration, render_status
+from publisher.status import (
+    format_bytes,
+    format_count,
+    format_cpu,
+    format_duration,
+    render_status,
+)
 from tests.publisher.metrics_samples import NOW, sample_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +146,16 @@ def test_status_with_a_broken_config_names_the_problem(tmp_path: Path) -> None:
     proc = run_status(path)
     assert proc.returncode == 1
     assert f"{path}: wan: is required" in proc.stderr
+
+
+def test_no_prefix_row_without_a_prefix_or_its_traffic() -> None:
+    snap = Snapshot(mappings=[MappingInfo("cam", "2001:db8:200::50", "192.0.2.50", "")])
+    assert "_prefix" not in render_status(snap, NOW)
+    snap.packets[("_prefix", "4to6")] = 3  # a prefix removed by a reload: its traffic stays
+    rows = [line.split() for line in render_status(snap, NOW).splitlines()]
+    assert ["_prefix", "-", "any", "0", "0", "B", "3", "0", "B"] in rows
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.0, "0.00s"), (12.345, "12.3s"), (200, "3m 20s")])
+def test_format_cpu(seconds: float, text: str) -> None:
+    assert format_cpu(seconds) == text
