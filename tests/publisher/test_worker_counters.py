@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 from publisher.snapshot import PREFIX_MAPPING
 from publisher.worker import Totals, measure_usage
@@ -55,5 +56,6 @@ def test_measure_usage_describes_this_process() -> None:
     # Resident memory lies between 1 MiB and the peak this process ever had.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert 1 << 20 < usage.resident_bytes <= peak
-    times = os.times()
-    assert 0 < usage.cpu_seconds <= times.user + times.system
+    # The process CPU clock, read just before and just after.
+    assert 0 < with_extra.cpu_seconds <= usage.cpu_seconds
+    assert usage.cpu_seconds <= time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
