@@ -18,6 +18,24 @@ pool4 address until it has been idle for ``lease_time`` seconds.  Design points:
 * **Lazy address walk.**  Fresh addresses come from a cursor over the range, so a /16
   pool costs nothing until it is used.
 * Each lease caches its RFC 1624 checksum delta ``sum(ipv6) - sum(ipv4)``.
+* **Unconfirmed leases are cheap.**  Spoofed IPv6 sources cost an attacker nothing
+  and need no replies, and the per-prefix limit does not help against sources in
+  millions of /64s, so a one-way flood would hold every address for ``lease_time``.
+  A new lease is therefore *unconfirmed* until its client has shown that it receives
+  what the IPv4 side sends: a 4->6 packet to its address (``lookup4``) marks it
+  *answered*, and a later 6->4 packet from the client (``lookup6``) *confirms* it.
+  Two steps, not one, because a flood aimed at an open port (a SYN flood from random
+  sources) makes the device answer every spoofed source; a blind spoofer that sends
+  one packet per source never speaks again after the answer.  Unconfirmed leases
+  expire after ``unconfirmed_time`` idle, and when no address is free or expired,
+  ``allocate`` takes the least recently used unconfirmed lease
+  (``reclaimed_unconfirmed``) instead of refusing.  Only confirmed active leases are
+  never taken, so a legitimate client, confirmed within a round trip, keeps its
+  address during a flood; the flood only churns unconfirmed slots.  Limits: a flood
+  that cycles through every unconfirmed slot faster than a new client's round trip
+  can still keep that client from confirming (a bigger pool raises that bar), and a
+  spoofer that sends each source twice, an RTT apart, confirms its leases; the
+  per-prefix limit then still caps it per /64.
 
 Time is always passed in (``now``, monotonic seconds).  ``dump`` stores idle ages, not
 timestamps, so a dump survives a reboot of the monotonic clock.
@@ -35,18 +53,26 @@ from .verdict import DropReason
 
 DUMP_VERSION = 1
 
+# Lease states (the order matters: only CONFIRMED is protected from reuse).
+UNCONFIRMED = 0  # the client has only sent
+ANSWERED = 1  # the IPv4 side has sent to the lease's address since
+CONFIRMED = 2  # ... and the client spoke again after that: it receives, it is real
+
 
 class Lease:
     """One IPv6 client <-> pool4 address binding."""
 
-    __slots__ = ("v6", "v4", "last_seen", "delta", "prefix")
+    __slots__ = ("v6", "v4", "last_seen", "delta", "prefix", "state")
 
-    def __init__(self, v6: bytes, v4: bytes, last_seen: float, prefix: int) -> None:
+    def __init__(
+        self, v6: bytes, v4: bytes, last_seen: float, prefix: int, state: int = UNCONFIRMED
+    ) -> None:
         self.v6 = v6
         self.v4 = v4
         self.last_seen = last_seen
         self.delta = checksum_delta(v6, v4)
         self.prefix = prefix
+        self.state = state  # Pool4 only; SharedPool4 keeps it in the shared slot
 
 
 class Pool4:
@@ -59,6 +85,7 @@ class Pool4:
         limit_per_prefix: int = 16,
         limit_prefix_len: int = 64,
         reserved: Iterable[str | ipaddress.IPv4Address] = (),
+        unconfirmed_time: float = 30.0,
     ) -> None:
         try:
             net = ipaddress.IPv4Network(network, strict=True)
@@ -66,12 +93,15 @@ class Pool4:
             raise ValueError(f"pool4: {exc}") from None
         if lease_time <= 0:
             raise ValueError("pool4: lease_time must be positive")
+        if not 0 < unconfirmed_time <= lease_time:
+            raise ValueError("pool4: unconfirmed_time must be within (0, lease_time]")
         if limit_per_prefix < 0:
             raise ValueError("pool4: limit_per_prefix must be >= 0 (0 = unlimited)")
         if not 0 <= limit_prefix_len <= 128:
             raise ValueError("pool4: limit_prefix_len must be within 0..128")
         self.network = net
         self.lease_time = float(lease_time)
+        self.unconfirmed_time = float(unconfirmed_time)
         self.limit_per_prefix = limit_per_prefix
         self.limit_prefix_len = limit_prefix_len
         self._prefix_shift = 128 - limit_prefix_len
@@ -95,12 +125,14 @@ class Pool4:
         self.size = max(0, last - first + 1 - len(reserved_set))
         self._by6: OrderedDict[bytes, Lease] = OrderedDict()
         self._by4: dict[bytes, Lease] = {}
+        self._unconfirmed: OrderedDict[bytes, Lease] = OrderedDict()  # LRU first, like _by6
         self._recycled: deque[bytes] = deque()
         self._per_prefix: dict[int, int] = {}
         self.created = 0
         self.expired = 0
         self.refused_exhausted = 0
         self.refused_limit = 0
+        self.reclaimed_unconfirmed = 0
 
     # -- metrics ----------------------------------------------------------------------
 
@@ -122,13 +154,27 @@ class Pool4:
         if lease is not None:
             lease.last_seen = now
             self._by6.move_to_end(v6)
+            if lease.state != CONFIRMED:  # one compare for a confirmed lease
+                if lease.state == ANSWERED:
+                    lease.state = CONFIRMED
+                    del self._unconfirmed[v6]
+                else:
+                    self._unconfirmed.move_to_end(v6)
         return lease
 
     def lookup4(self, v4: bytes, now: float) -> Lease | None:
         """The active lease of pool address ``v4``, refreshed; None if none or expired."""
         lease = self._by4.get(v4)
-        if lease is None or now - lease.last_seen >= self.lease_time:
+        if lease is None:
             return None
+        if lease.state == CONFIRMED:
+            if now - lease.last_seen >= self.lease_time:
+                return None
+        elif now - lease.last_seen >= self.unconfirmed_time:
+            return None
+        else:
+            lease.state = ANSWERED
+            self._unconfirmed.move_to_end(lease.v6)
         lease.last_seen = now
         self._by6.move_to_end(lease.v6)
         return lease
@@ -161,16 +207,20 @@ class Pool4:
     # -- housekeeping -----------------------------------------------------------------
 
     def expire(self, now: float) -> int:
-        """Free every lease idle for ``lease_time`` or longer; return how many."""
+        """Free every lease idle for ``lease_time`` or longer, and every unconfirmed one
+        idle for ``unconfirmed_time`` or longer; return how many."""
         freed = 0
-        by6 = self._by6
-        while by6:
-            lease = next(iter(by6.values()))
-            if now - lease.last_seen < self.lease_time:
-                break
-            self._remove(lease)
-            self._recycled.append(lease.v4)
-            freed += 1
+        for queue, limit in (
+            (self._by6, self.lease_time),
+            (self._unconfirmed, self.unconfirmed_time),
+        ):
+            while queue:
+                lease = next(iter(queue.values()))
+                if now - lease.last_seen < limit:
+                    break
+                self._remove(lease)
+                self._recycled.append(lease.v4)
+                freed += 1
         self.expired += freed
         return freed
 
@@ -184,18 +234,23 @@ class Pool4:
 
     def leases(self) -> list[tuple[str, str, float]]:
         """(ipv6, ipv4, last_seen) of every lease, least recently used first."""
+        return [(a, b, seen) for a, b, seen, _ in self.lease_rows()]
+
+    def lease_rows(self) -> list[tuple[str, str, float, bool]]:
+        """(ipv6, ipv4, last_seen, confirmed) of every lease, least recently used first."""
         return [
             (
                 str(ipaddress.IPv6Address(le.v6)),
                 str(ipaddress.IPv4Address(le.v4)),
                 le.last_seen,
+                le.state == CONFIRMED,
             )
             for le in self._by6.values()
         ]
 
     def dump(self, now: float) -> str:
         """JSON snapshot of the leases with their idle ages (see ``restore``)."""
-        return dump_leases(self.network, self.leases(), now)
+        return dump_leases(self.network, self.lease_rows(), now)
 
     def restore(self, text: str, now: float) -> int:
         """Load leases from a ``dump``; return how many were kept.
@@ -206,7 +261,9 @@ class Pool4:
         """
         parsed = parse_dump(text, self.lease_time)  # most idle first: the LRU front
         kept = 0
-        for idle, v6, v4 in parsed:
+        for idle, v6, v4, confirmed in parsed:
+            if not confirmed and idle >= self.unconfirmed_time:
+                continue
             n = int.from_bytes(v4, "big")
             if not self._first <= n <= self._last or v4 in self._reserved:
                 continue
@@ -215,7 +272,8 @@ class Pool4:
             prefix = int.from_bytes(v6, "big") >> self._prefix_shift
             if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
                 continue
-            self._insert(Lease(v6, v4, now - idle, prefix))
+            state = CONFIRMED if confirmed else UNCONFIRMED
+            self._insert(Lease(v6, v4, now - idle, prefix, state))
             kept += 1
         return kept
 
@@ -225,10 +283,14 @@ class Pool4:
         self._by6[lease.v6] = lease
         self._by4[lease.v4] = lease
         self._per_prefix[lease.prefix] = self._per_prefix.get(lease.prefix, 0) + 1
+        if lease.state != CONFIRMED:
+            self._unconfirmed[lease.v6] = lease
 
     def _remove(self, lease: Lease) -> None:
         del self._by6[lease.v6]
         del self._by4[lease.v4]
+        if lease.state != CONFIRMED:
+            del self._unconfirmed[lease.v6]
         left = self._per_prefix[lease.prefix] - 1
         if left:
             self._per_prefix[lease.prefix] = left
@@ -237,7 +299,8 @@ class Pool4:
 
     def _take(self, now: float) -> bytes | None:
         """A free address: never used first, then reclaimed LRU-first, then the LRU lease
-        if it has expired.  None if every address is actively leased."""
+        if it has expired, then the LRU unconfirmed lease.  None if every address is
+        held by a confirmed active lease."""
         while self._cursor <= self._last:
             v4 = self._cursor.to_bytes(4, "big")
             self._cursor += 1
@@ -249,30 +312,42 @@ class Pool4:
                 return v4
         if self._by6:
             oldest = next(iter(self._by6.values()))
-            if now - oldest.last_seen >= self.lease_time:
+            limit = self.lease_time if oldest.state == CONFIRMED else self.unconfirmed_time
+            if now - oldest.last_seen >= limit:
                 self._remove(oldest)
                 self.expired += 1
                 return oldest.v4
+        if self._unconfirmed:
+            victim = next(iter(self._unconfirmed.values()))
+            self._remove(victim)
+            if now - victim.last_seen >= self.unconfirmed_time:
+                self.expired += 1
+            else:
+                self.reclaimed_unconfirmed += 1
+            return victim.v4
         return None
 
 
-def dump_leases(network: object, leases: list[tuple[str, str, float]], now: float) -> str:
+def dump_leases(network: object, leases: list[tuple[str, str, float, bool]], now: float) -> str:
     """The lease file: leases with their idle ages, so a restart with another clock
-    base (monotonic time starts anew) keeps how long each has been idle."""
+    base (monotonic time starts anew) keeps how long each has been idle, and whether
+    each is confirmed (files without the flag come from before it: confirmed)."""
     return json.dumps(
         {
             "version": DUMP_VERSION,
             "network": str(network),
             "leases": [
-                {"ipv6": v6, "ipv4": v4, "idle": max(0.0, now - seen)} for v6, v4, seen in leases
+                {"ipv6": v6, "ipv4": v4, "idle": max(0.0, now - seen), "confirmed": confirmed}
+                for v6, v4, seen, confirmed in leases
             ],
         },
         indent=1,
     )
 
 
-def parse_dump(text: str, lease_time: float) -> list[tuple[float, bytes, bytes]]:
-    """(idle, ipv6, ipv4) of the valid leases in a dump, most idle first; garbage is skipped."""
+def parse_dump(text: str, lease_time: float) -> list[tuple[float, bytes, bytes, bool]]:
+    """(idle, ipv6, ipv4, confirmed) of the valid leases in a dump, most idle first;
+    garbage is skipped."""
     try:
         doc = json.loads(text)
     except (ValueError, TypeError, RecursionError):
@@ -282,7 +357,7 @@ def parse_dump(text: str, lease_time: float) -> list[tuple[float, bytes, bytes]]
     items = doc.get("leases")
     if not isinstance(items, list):
         return []
-    parsed: list[tuple[float, bytes, bytes]] = []
+    parsed: list[tuple[float, bytes, bytes, bool]] = []
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -290,10 +365,13 @@ def parse_dump(text: str, lease_time: float) -> list[tuple[float, bytes, bytes]]
             v6 = ipaddress.IPv6Address(item["ipv6"]).packed
             v4 = ipaddress.IPv4Address(item["ipv4"]).packed
             idle = float(item["idle"])
+            confirmed = item.get("confirmed", True)
         except (KeyError, ValueError, TypeError, ipaddress.AddressValueError):
             continue
         if not 0.0 <= idle < lease_time:  # also rejects NaN
             continue
-        parsed.append((idle, v6, v4))
+        if not isinstance(confirmed, bool):
+            continue
+        parsed.append((idle, v6, v4, confirmed))
     parsed.sort(key=lambda t: -t[0])
     return parsed

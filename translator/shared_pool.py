@@ -15,7 +15,7 @@ Layout: a header, then one fixed 32-byte slot per pool4 address, so the
 address *is* the slot index::
 
     header  magic(8) first_address(4) slots(4) cursor(4) in_use(4) version(8)
-    slot    last_seen(f64) generation(u32) state(u32) ipv6(16)
+    slot    last_seen(f64) generation(u32) state(u16) confirm(u16) ipv6(16)
 
 Reads take no lock:
 
@@ -44,8 +44,22 @@ address per client" check read the mirror.  Reuse follows :class:`Pool4`:
 never-used addresses first (a shared cursor), then the least recently used
 free or expired slot; an active lease is never taken.
 
-The counters ``created``, ``expired``, ``refused_exhausted`` and
-``refused_limit`` count what *this* object did, so per-worker counters add up;
+Confirmation (see :mod:`translator.pool`: a lease is unconfirmed until the
+IPv4 side has sent to it and its client has spoken again after that) lives in
+the slot's ``confirm`` field.  Readers advance it without the lock, like
+last-seen, and only when it is not yet CONFIRMED, so a confirmed lease costs
+nothing more per packet.  Unconfirmed slots expire after ``unconfirmed_time +
+grace``, and ``_take`` (under the lock) falls back to the least recently used
+unconfirmed slot when nothing is free or expired.  That fallback has no grace
+period, by design (a flood must not be able to hold slots): a reader in another
+worker that validated the old owner a moment before can still act on it once,
+and its confirm write can land on the new owner.  Either needs a reader to be
+preempted for the microseconds between its read and its write; the harm is one
+packet of the old owner or one spoofed lease that counts as confirmed.
+
+The counters ``created``, ``expired``, ``refused_exhausted``,
+``refused_limit`` and ``reclaimed_unconfirmed`` count what *this* object did,
+so per-worker counters add up;
 ``in_use`` and ``size`` describe the shared table.
 """
 
@@ -57,7 +71,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Union
 
-from .pool import Lease, dump_leases, parse_dump
+from .pool import ANSWERED, CONFIRMED, UNCONFIRMED, Lease, dump_leases, parse_dump
 from .verdict import DropReason
 
 SharedBuffer = Union[bytearray, Any]  # a bytearray (tests) or an mmap.mmap (the daemon)
@@ -70,12 +84,13 @@ _IN_USE = struct.Struct("=I")
 _VERSION = struct.Struct("=Q")
 _CURSOR_AT, _IN_USE_AT, _VERSION_AT = 16, 20, 24
 
-SLOT = struct.Struct("=dII16s")  # last_seen, generation, state, ipv6
+SLOT = struct.Struct("=dIHH16s")  # last_seen, generation, state, confirm, ipv6
 SLOT_SIZE = 32
-HOT = struct.Struct("=dII")  # the part a validating reader needs
+HOT = struct.Struct("=dIHH")  # the part a validating reader needs
 _SEEN = struct.Struct("=d")
 _U32 = struct.Struct("=I")
-GEN_AT, STATE_AT, V6_AT = 8, 12, 16
+_U16 = struct.Struct("=H")
+GEN_AT, STATE_AT, CONFIRM_AT, V6_AT = 8, 12, 14, 16
 
 # Slot states.  NEVER must be 0: a fresh zero-filled buffer is an empty pool.
 NEVER = 0
@@ -130,6 +145,7 @@ class SharedPool4:
         reserved: Iterable[str | ipaddress.IPv4Address] = (),
         refresh: float = 1.0,
         grace: float = 2.0,
+        unconfirmed_time: float = 30.0,
     ) -> None:
         try:
             net = ipaddress.IPv4Network(network, strict=True)
@@ -143,8 +159,11 @@ class SharedPool4:
             raise ValueError("pool4: limit_prefix_len must be within 0..128")
         if not 0 < refresh < grace:
             raise ValueError("pool4: need 0 < refresh < grace")
+        if not 0 < unconfirmed_time <= lease_time:
+            raise ValueError("pool4: unconfirmed_time must be within (0, lease_time]")
         self.network = net
         self.lease_time = float(lease_time)
+        self.unconfirmed_time = float(unconfirmed_time)
         self.limit_per_prefix = limit_per_prefix
         self.limit_prefix_len = limit_prefix_len
         self.refresh = float(refresh)
@@ -180,6 +199,7 @@ class SharedPool4:
         self.expired = 0
         self.refused_exhausted = 0
         self.refused_limit = 0
+        self.reclaimed_unconfirmed = 0
         with lock:
             magic, hfirst, hslots, _, _, _ = HEADER.unpack_from(buffer, 0)
             if magic == MAGIC:
@@ -193,8 +213,8 @@ class SharedPool4:
                 raise ValueError("pool4: the shared buffer holds something else")
             for i in reserved_idx:
                 off = HEADER_SIZE + i * SLOT_SIZE
-                if _U32.unpack_from(buffer, off + STATE_AT)[0] == NEVER:
-                    _U32.pack_into(buffer, off + STATE_AT, RESERVED)
+                if _U16.unpack_from(buffer, off + STATE_AT)[0] == NEVER:
+                    _U16.pack_into(buffer, off + STATE_AT, RESERVED)
 
     # -- shared gauges --------------------------------------------------------------
 
@@ -220,23 +240,41 @@ class SharedPool4:
         buf = self._buf
         lease = self._cache6.get(v6)
         if lease is not None:
-            seen, gen, state = HOT.unpack_from(buf, lease.offset)
+            seen, gen, state, confirm = HOT.unpack_from(buf, lease.offset)
             if gen == lease.gen and state == LEASED:
                 idle = now - seen
-                if idle < self.lease_time:
-                    if idle >= self.refresh:
-                        _SEEN.pack_into(buf, lease.offset, now)
-                    return lease
-                return None  # expired: allocate() revives it under the lock
+                if confirm == CONFIRMED:
+                    if idle < self.lease_time:
+                        if idle >= self.refresh:
+                            _SEEN.pack_into(buf, lease.offset, now)
+                        return lease
+                    return None  # expired: allocate() revives it under the lock
+                return self._refresh_unconfirmed6(lease, idle, confirm, now)
             del self._cache6[v6]
         lease = self._find(v6)
         if lease is None:
             return None
-        seen = _SEEN.unpack_from(buf, lease.offset)[0]
-        if now - seen >= self.lease_time:
+        seen, _, _, confirm = HOT.unpack_from(buf, lease.offset)
+        idle = now - seen
+        if confirm != CONFIRMED:
+            return self._refresh_unconfirmed6(lease, idle, confirm, now)
+        if idle >= self.lease_time:
             return None
-        if now - seen >= self.refresh:
+        if idle >= self.refresh:
             _SEEN.pack_into(buf, lease.offset, now)
+        return lease
+
+    def _refresh_unconfirmed6(
+        self, lease: SharedLease, idle: float, confirm: int, now: float
+    ) -> SharedLease | None:
+        """lookup6 of a lease not yet confirmed: the client speaking after an answer confirms it."""
+        if idle >= self.unconfirmed_time:
+            return None
+        buf = self._buf
+        if idle >= self.refresh:
+            _SEEN.pack_into(buf, lease.offset, now)
+        if confirm == ANSWERED:
+            _U16.pack_into(buf, lease.offset + CONFIRM_AT, CONFIRMED)
         return lease
 
     def lookup4(self, v4: bytes, now: float) -> SharedLease | None:
@@ -246,12 +284,17 @@ class SharedPool4:
             return None
         buf = self._buf
         off = HEADER_SIZE + idx * SLOT_SIZE
-        seen, gen, state, v6 = SLOT.unpack_from(buf, off)
+        seen, gen, state, confirm, v6 = SLOT.unpack_from(buf, off)
         if state != LEASED:
             return None
         idle = now - seen
-        if idle >= self.lease_time:
+        if confirm == CONFIRMED:
+            if idle >= self.lease_time:
+                return None
+        elif idle >= self.unconfirmed_time:
             return None
+        elif confirm == UNCONFIRMED:
+            _U16.pack_into(buf, off + CONFIRM_AT, ANSWERED)
         if idle >= self.refresh:
             _SEEN.pack_into(buf, off, now)
         lease = self._cache4[idx]
@@ -263,7 +306,7 @@ class SharedPool4:
         """The lease held by ``v6`` without refreshing it (ICMP error inner packets)."""
         lease = self._cache6.get(v6)
         if lease is not None:
-            _, gen, state = HOT.unpack_from(self._buf, lease.offset)
+            _, gen, state, _ = HOT.unpack_from(self._buf, lease.offset)
             if gen == lease.gen and state == LEASED:
                 return lease
         return self._find(v6)
@@ -273,7 +316,7 @@ class SharedPool4:
         idx = int.from_bytes(v4, "big") - self._first
         if not 0 <= idx < self._slots:
             return None
-        seen, gen, state, v6 = SLOT.unpack_from(self._buf, HEADER_SIZE + idx * SLOT_SIZE)
+        seen, gen, state, _, v6 = SLOT.unpack_from(self._buf, HEADER_SIZE + idx * SLOT_SIZE)
         if state != LEASED:
             return None
         lease = self._cache4[idx]
@@ -298,7 +341,9 @@ class SharedPool4:
             if idx is not None:
                 off = HEADER_SIZE + idx * SLOT_SIZE
                 _SEEN.pack_into(buf, off, now)
-                _, gen, _, _ = SLOT.unpack_from(buf, off)
+                _, gen, _, confirm, _ = SLOT.unpack_from(buf, off)
+                if confirm == ANSWERED:  # as Pool4.lookup6 does for an unreclaimed lease
+                    _U16.pack_into(buf, off + CONFIRM_AT, CONFIRMED)
                 return self._lease_at(idx, gen, v6, now)
             prefix = int.from_bytes(v6, "big") >> self._prefix_shift
             if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
@@ -317,14 +362,15 @@ class SharedPool4:
     # -- housekeeping -----------------------------------------------------------------
 
     def expire(self, now: float) -> int:
-        """Free every lease idle for ``lease_time + grace`` or longer; return how many."""
-        limit = self.lease_time + self.grace
+        """Free every lease idle for ``lease_time + grace`` or longer (unconfirmed ones:
+        ``unconfirmed_time + grace``); return how many."""
         freed = 0
         with self._lock:
             self._sync()
             for v6, idx in list(self._slot_of6.items()):
                 off = HEADER_SIZE + idx * SLOT_SIZE
-                if now - _SEEN.unpack_from(self._buf, off)[0] >= limit:
+                seen, _, _, confirm = HOT.unpack_from(self._buf, off)
+                if now - seen >= self._reclaim_after(confirm):
                     self._free_slot(idx, v6)
                     freed += 1
             if freed:
@@ -338,7 +384,7 @@ class SharedPool4:
         """Forget cached leases whose slot changed hands, so the cache cannot grow forever."""
         buf = self._buf
         for v6, lease in list(self._cache6.items()):
-            _, gen, state = HOT.unpack_from(buf, lease.offset)
+            _, gen, state, _ = HOT.unpack_from(buf, lease.offset)
             if gen != lease.gen or state != LEASED:
                 del self._cache6[v6]
 
@@ -356,9 +402,13 @@ class SharedPool4:
 
     def leases(self) -> list[tuple[str, str, float]]:
         """(ipv6, ipv4, last_seen) of every lease in the shared table, least recent first."""
+        return [(a, b, seen) for a, b, seen, _ in self.lease_rows()]
+
+    def lease_rows(self) -> list[tuple[str, str, float, bool]]:
+        """(ipv6, ipv4, last_seen, confirmed) of every lease, least recent first."""
         held = [
-            (seen, idx, v6)
-            for idx, (seen, _, state, v6) in enumerate(self._iter_slots())
+            (seen, idx, v6, confirm)
+            for idx, (seen, _, state, confirm, v6) in enumerate(self._iter_slots())
             if state == LEASED
         ]
         held.sort()
@@ -367,13 +417,14 @@ class SharedPool4:
                 str(ipaddress.IPv6Address(v6)),
                 str(ipaddress.IPv4Address(self._first + idx)),
                 seen,
+                confirm == CONFIRMED,
             )
-            for seen, idx, v6 in held
+            for seen, idx, v6, confirm in held
         ]
 
     def dump(self, now: float) -> str:
         """JSON of the leases with their idle ages, in :class:`Pool4`'s format."""
-        return dump_leases(self.network, self.leases(), now)
+        return dump_leases(self.network, self.lease_rows(), now)
 
     def restore(self, text: str, now: float) -> int:
         """Load leases from a ``dump`` (either pool's); return how many were kept.
@@ -385,12 +436,14 @@ class SharedPool4:
         kept = 0
         with self._lock:
             self._sync()
-            for idle, v6, v4 in parsed:
+            for idle, v6, v4, confirmed in parsed:
+                if not confirmed and idle >= self.unconfirmed_time:
+                    continue
                 n = int.from_bytes(v4, "big")
                 if not self._first <= n <= self._last or n in self._reserved:
                     continue
                 idx = n - self._first
-                state = _U32.unpack_from(self._buf, HEADER_SIZE + idx * SLOT_SIZE + STATE_AT)[0]
+                state = _U16.unpack_from(self._buf, HEADER_SIZE + idx * SLOT_SIZE + STATE_AT)[0]
                 if state == LEASED or v6 in self._slot_of6:
                     continue
                 prefix = int.from_bytes(v6, "big") >> self._prefix_shift
@@ -399,7 +452,7 @@ class SharedPool4:
                     and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix
                 ):
                     continue
-                self._write_slot(idx, v6, now - idle)
+                self._write_slot(idx, v6, now - idle, CONFIRMED if confirmed else UNCONFIRMED)
                 kept += 1
             if kept:
                 self._in_use_add(kept)
@@ -408,7 +461,13 @@ class SharedPool4:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _iter_slots(self) -> Iterable[tuple[float, int, int, bytes]]:
+    def _reclaim_after(self, confirm: int) -> float:
+        """Idle seconds after which a slot may go to another client (lock held)."""
+        if confirm == CONFIRMED:
+            return self.lease_time + self.grace
+        return self.unconfirmed_time + self.grace
+
+    def _iter_slots(self) -> Iterable[tuple[float, int, int, int, bytes]]:
         view = memoryview(self._buf)[HEADER_SIZE : HEADER_SIZE + self._slots * SLOT_SIZE]
         try:
             yield from SLOT.iter_unpack(view)
@@ -441,7 +500,7 @@ class SharedPool4:
             rel = at - HEADER_SIZE - V6_AT
             if rel % SLOT_SIZE == 0:
                 off = at - V6_AT
-                seen, gen, state = HOT.unpack_from(buf, off)
+                seen, gen, state, _ = HOT.unpack_from(buf, off)
                 if state == LEASED:
                     return self._lease_at(rel // SLOT_SIZE, gen, v6, seen)
             pos = at + 1
@@ -454,7 +513,7 @@ class SharedPool4:
         slot_of6: dict[bytes, int] = {}
         per_prefix: dict[int, int] = {}
         shift = self._prefix_shift
-        for idx, (_, _, state, v6) in enumerate(self._iter_slots()):
+        for idx, (_, _, state, _, v6) in enumerate(self._iter_slots()):
             if state == LEASED:
                 slot_of6[v6] = idx
                 prefix = int.from_bytes(v6, "big") >> shift
@@ -473,24 +532,34 @@ class SharedPool4:
 
     def _take(self, now: float) -> int | None:
         """A slot for a new lease (lock held): never used first, then the least recently
-        used free or expired one.  None if every address is actively leased."""
+        used free or expired one, then the least recently used unconfirmed one.  None if
+        every address is held by a confirmed active lease."""
         buf = self._buf
         cursor: int = _CURSOR.unpack_from(buf, _CURSOR_AT)[0]
         while cursor < self._slots:
-            state = _U32.unpack_from(buf, HEADER_SIZE + cursor * SLOT_SIZE + STATE_AT)[0]
+            state = _U16.unpack_from(buf, HEADER_SIZE + cursor * SLOT_SIZE + STATE_AT)[0]
             cursor += 1
             if state == NEVER:
                 _CURSOR.pack_into(buf, _CURSOR_AT, cursor)
                 return cursor - 1
         _CURSOR.pack_into(buf, _CURSOR_AT, cursor)
-        limit = self.lease_time + self.grace
         best: tuple[float, int, int, bytes] | None = None
-        for idx, (seen, _, state, v6) in enumerate(self._iter_slots()):
-            if state == FREE or (state == LEASED and now - seen >= limit):
+        victim: tuple[float, int, int, bytes] | None = None  # LRU unconfirmed, still active
+        for idx, (seen, _, state, confirm, v6) in enumerate(self._iter_slots()):
+            if state == FREE or (state == LEASED and now - seen >= self._reclaim_after(confirm)):
                 if best is None or seen < best[0]:
                     best = (seen, idx, state, v6)
+            elif state == LEASED and confirm != CONFIRMED:
+                if victim is None or seen < victim[0]:
+                    victim = (seen, idx, state, v6)
         if best is None:
-            return None
+            if victim is None:
+                return None
+            _, idx, _, v6 = victim
+            self._free_slot(idx, v6)
+            self._in_use_add(-1)
+            self.reclaimed_unconfirmed += 1
+            return idx
         _, idx, state, v6 = best
         if state == LEASED:  # expired but never reclaimed: reclaim it now
             self._free_slot(idx, v6)
@@ -498,16 +567,17 @@ class SharedPool4:
             self.expired += 1
         return idx
 
-    def _write_slot(self, idx: int, v6: bytes, seen: float) -> int:
+    def _write_slot(self, idx: int, v6: bytes, seen: float, confirm: int = UNCONFIRMED) -> int:
         """Give slot ``idx`` to ``v6`` in the order lock-free readers rely on; return its gen."""
         buf = self._buf
         off = HEADER_SIZE + idx * SLOT_SIZE
         gen = (_U32.unpack_from(buf, off + GEN_AT)[0] + 1) & 0xFFFFFFFF
-        _U32.pack_into(buf, off + STATE_AT, RECLAIMING)
+        _U16.pack_into(buf, off + STATE_AT, RECLAIMING)
         buf[off + V6_AT : off + V6_AT + 16] = v6
         _SEEN.pack_into(buf, off, seen)
+        _U16.pack_into(buf, off + CONFIRM_AT, confirm)
         _U32.pack_into(buf, off + GEN_AT, gen)
-        _U32.pack_into(buf, off + STATE_AT, LEASED)
+        _U16.pack_into(buf, off + STATE_AT, LEASED)
         self._slot_of6[v6] = idx
         prefix = int.from_bytes(v6, "big") >> self._prefix_shift
         self._per_prefix[prefix] = self._per_prefix.get(prefix, 0) + 1
@@ -517,7 +587,7 @@ class SharedPool4:
         """Mark slot ``idx`` free, keeping last_seen for LRU order (lock held)."""
         buf = self._buf
         off = HEADER_SIZE + idx * SLOT_SIZE
-        _U32.pack_into(buf, off + STATE_AT, FREE)
+        _U16.pack_into(buf, off + STATE_AT, FREE)
         buf[off + V6_AT : off + V6_AT + 16] = ZERO6
         self._cache6.pop(v6, None)
         self._cache4[idx] = None

@@ -87,6 +87,8 @@ def test_unleased_pool_address_host_unreachable(tr):
 
 def test_expired_lease_is_no_mapping(tr):
     pool4 = lease(tr, now=1.0)
+    tx(tr, IP(src=CAM4, dst=pool4) / UDP(), now=1.5)  # the device answers ...
+    lease(tr, now=2.0)  # ... and the client speaks again: confirmed, kept lease_time
     assert tx(tr, IP(src=CAM4, dst=pool4) / UDP(), now=7000.0).action == Action.FORWARD
     v = tx(tr, IP(src=CAM4, dst=pool4) / UDP(), now=7000.0 + 7200.0)
     assert v.reason == DropReason.NO_MAPPING

@@ -242,6 +242,8 @@ def test_pool_exhausted_and_lease_limit():
     tr = make_translator(pool_network="198.51.100.0/30", pool_limit_per_prefix=1)
     assert tr.pool.size == 1  # .1 reserved, .2 usable
     assert one(tx(tr, IPv6(src="2001:db8:a::1", dst=CAM6) / UDP()))[IP].src == "198.51.100.2"
+    tr.translate(bytes(IP(src=CAM4, dst="198.51.100.2") / UDP()), 1.0)  # answered
+    tx(tr, IPv6(src="2001:db8:a::1", dst=CAM6) / UDP())  # confirmed: never taken while active
     v = tx(tr, IPv6(src="2001:db8:a::2", dst=CAM6) / UDP())
     assert v.reason == DropReason.LEASE_LIMIT
     assert icmp_error(v)[ICMPv6DestUnreach].code == 5
@@ -292,8 +294,8 @@ def test_malformed(tr, raw):
 
 def test_lease_refreshed_by_both_directions(tr):
     tx(tr, IPv6(src=CLIENT6, dst=CAM6) / UDP(), now=1.0)
-    tr.translate(bytes(IP(src=CAM4, dst=POOL_FIRST) / UDP()), 500.0)
-    assert tr.pool.leases()[0][2] == 500.0
+    tr.translate(bytes(IP(src=CAM4, dst=POOL_FIRST) / UDP()), 20.0)
+    assert tr.pool.leases()[0][2] == 20.0
     tx(tr, IPv6(src=CLIENT6, dst=CAM6) / UDP(), now=900.0)
     assert tr.pool.leases() == [(CLIENT6, POOL_FIRST, 900.0)]
 

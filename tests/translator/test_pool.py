@@ -24,12 +24,20 @@ def got(x: Lease | DropReason) -> Lease:
     return x
 
 
+def confirm(p: Pool4, client: bytes, now: float) -> Lease:
+    """Lease ``client`` an address and confirm it: the device answers, the client speaks again."""
+    lease = got(p.allocate(client, now))
+    assert p.lookup4(lease.v4, now) is not None
+    assert p.lookup6(client, now) is not None
+    return lease
+
+
 def test_size_excludes_network_broadcast_and_reserved():
     assert Pool4("198.51.100.0/24", reserved=("198.51.100.1", "10.0.0.1")).size == 253
     assert Pool4("198.51.100.0/31").size == 2
     assert Pool4("198.51.100.7/32").size == 1
     p = Pool4("198.51.100.0/29", reserved=("198.51.100.1",), limit_per_prefix=0)
-    handed = [s4(got(p.allocate(v6(i, i), 0.0)).v4) for i in range(5)]
+    handed = [s4(confirm(p, v6(i, i), 0.0).v4) for i in range(5)]
     assert handed == [f"198.51.100.{i}" for i in range(2, 7)]
     assert p.allocate(v6(99, 99), 0.0) == DropReason.POOL_EXHAUSTED
 
@@ -74,8 +82,8 @@ def test_per_prefix_limit():
 
 def test_active_leases_never_stolen_expired_reused_lru():
     p = Pool4("198.51.100.0/30", lease_time=100.0, limit_per_prefix=0)  # .1 and .2
-    a = got(p.allocate(v6(1), 0.0))
-    b = got(p.allocate(v6(2), 10.0))
+    a = confirm(p, v6(1), 0.0)
+    b = confirm(p, v6(2), 10.0)
     assert p.allocate(v6(3), 50.0) == DropReason.POOL_EXHAUSTED
     assert p.refused_exhausted == 1
     p.lookup6(v6(1), 60.0)  # a is now the most recently used
@@ -87,7 +95,7 @@ def test_active_leases_never_stolen_expired_reused_lru():
 
 def test_expire_and_reuse_order():
     p = Pool4("198.51.100.0/29", lease_time=100.0, limit_per_prefix=0)  # 6 usable
-    leases = [got(p.allocate(v6(i), float(i))) for i in range(6)]
+    leases = [confirm(p, v6(i), float(i)) for i in range(6)]
     assert p.expire(103.5) == 4  # idle >= 100: leases 0..3
     assert p.in_use == 2 and p.expired == 4
     # Never-used addresses are gone; reclaimed ones come back least recently used first.
@@ -97,7 +105,7 @@ def test_expire_and_reuse_order():
 
 def test_lookup4_only_active():
     p = Pool4("198.51.100.0/24", lease_time=100.0)
-    a = got(p.allocate(v6(1), 0.0))
+    a = confirm(p, v6(1), 0.0)
     assert p.lookup4(a.v4, 99.0) is a
     assert p.lookup4(a.v4, 199.0) is None
     assert p.lookup4(b"\x01\x02\x03\x04", 0.0) is None
@@ -106,9 +114,9 @@ def test_lookup4_only_active():
 
 def test_leases_and_dump_restore_round_trip():
     p = Pool4("198.51.100.0/24", lease_time=1000.0)
-    got(p.allocate(v6(1), 10.0))
-    got(p.allocate(v6(2), 20.0))
-    got(p.allocate(v6(3, 3), 30.0))
+    confirm(p, v6(1), 10.0)
+    confirm(p, v6(2), 20.0)
+    confirm(p, v6(3, 3), 30.0)
     text = p.dump(100.0)
     doc = json.loads(text)
     assert doc["version"] == 1 and len(doc["leases"]) == 3

@@ -48,6 +48,14 @@ def got(x: Lease | DropReason) -> Lease:
     return x
 
 
+def confirm(p: Pool4 | SharedPool4, client: bytes, now: float) -> Lease:
+    """Lease ``client`` an address and confirm it: the device answers, the client speaks again."""
+    lease = got(p.allocate(client, now))
+    assert p.lookup4(lease.v4, now) is not None
+    assert p.lookup6(client, now) is not None
+    return lease
+
+
 def workers(
     network: str = "198.51.100.0/24", n: int = 2, **kw: Any
 ) -> tuple[list[SharedPool4], CheckedLock, bytearray]:
@@ -59,7 +67,7 @@ def workers(
 def test_size_order_and_exhaustion_like_pool4() -> None:
     (a, b), _, _ = workers("198.51.100.0/29", reserved=("198.51.100.1",), limit_per_prefix=0)
     assert a.size == b.size == Pool4("198.51.100.0/29", reserved=("198.51.100.1",)).size == 5
-    handed = [s4(got((a, b)[i % 2].allocate(v6(i, i), 0.0)).v4) for i in range(5)]
+    handed = [s4(confirm((a, b)[i % 2], v6(i, i), 0.0).v4) for i in range(5)]
     assert handed == [f"198.51.100.{i}" for i in range(2, 7)]
     assert a.allocate(v6(99, 99), 0.0) == DropReason.POOL_EXHAUSTED
     assert b.allocate(v6(98, 98), 0.0) == DropReason.POOL_EXHAUSTED
@@ -96,9 +104,9 @@ def test_per_prefix_limit_counts_leases_of_every_worker() -> None:
 
 def test_expired_slot_reused_by_one_worker_invalidates_the_others_cache() -> None:
     (a, b), _, _ = workers("198.51.100.0/30", lease_time=100.0, limit_per_prefix=0)
-    old = got(a.allocate(v6(1), 0.0))
+    old = confirm(a, v6(1), 0.0)
     assert b.lookup6(v6(1), 1.0) is not None  # now cached in b
-    got(a.allocate(v6(2), 1.0))  # the second (last) address
+    confirm(a, v6(2), 1.0)  # the second (last) address
     # Active: never stolen, whoever asks.
     assert b.allocate(v6(3), 50.0) == DropReason.POOL_EXHAUSTED
     # Idle past lease_time: dead to readers at once, reclaimable after the grace.
