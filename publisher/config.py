@@ -125,6 +125,7 @@ class TranslatorSection:
     lowest_ipv6_mtu: int = 1280
     udp_zero_checksum: str = "compute"
     lease_time: int = 7200
+    unconfirmed_lease_time: int = 30
     lease_limit_per_prefix: int = 16
     lease_limit_prefix_len: int = 64
     icmp_errors_per_second: int = 100
@@ -462,6 +463,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
             "lowest_ipv6_mtu",
             "udp_zero_checksum",
             "lease_time",
+            "unconfirmed_lease_time",
             "lease_limit_per_prefix",
             "lease_limit_prefix_len",
             "icmp_errors_per_second",
@@ -484,6 +486,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
     lowest = r.get(d, p, "lowest_ipv6_mtu", _int_in(1280, 65535), 1280)
     udp0 = r.get(d, p, "udp_zero_checksum", _choice("compute", "drop"), "compute")
     lease_time = r.get(d, p, "lease_time", _int_in(1, 30 * 86400), 7200)
+    unconfirmed = r.get(d, p, "unconfirmed_lease_time", _int_in(1, 30 * 86400), 30)
     per_prefix = r.get(d, p, "lease_limit_per_prefix", _int_in(1, 1 << 24), 16)
     per_len = r.get(d, p, "lease_limit_prefix_len", _int_in(1, 128), 64)
     icmp_rate = r.get(d, p, "icmp_errors_per_second", _int_in(0, 1_000_000), 100)
@@ -502,9 +505,21 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         r.problem(f"{p}.lowest_ipv6_mtu", f"({lowest}) cannot exceed translator.mtu ({mtu})")
     if pool4 is not None and pool4.num_addresses < 2 and v4 is not None and v4 in pool4:
         r.problem(f"{p}.pool4", "has no address left once ipv4_address is reserved")
+    if lease_time is not None and unconfirmed is not None and unconfirmed > lease_time:
+        r.problem(
+            f"{p}.unconfirmed_lease_time",
+            f"({unconfirmed}) cannot exceed translator.lease_time ({lease_time})",
+        )
+        unconfirmed = None
     r.partial_translator = (v4, v6, pool4, prefix)  # for cross-checks even when invalid
     values = (tun, v4, v6, pool4, mtu, lowest, udp0, lease_time, per_prefix, per_len)
-    if any(v is None for v in values) or None in (icmp_rate, offloads, workers, udp_gro):
+    if any(v is None for v in values) or None in (
+        icmp_rate,
+        offloads,
+        workers,
+        udp_gro,
+        unconfirmed,
+    ):
         return None
     return TranslatorSection(
         tun_device=tun,  # type: ignore[arg-type]
@@ -518,6 +533,7 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         lowest_ipv6_mtu=lowest,  # type: ignore[arg-type]
         udp_zero_checksum=udp0,  # type: ignore[arg-type]
         lease_time=lease_time,  # type: ignore[arg-type]
+        unconfirmed_lease_time=unconfirmed,  # type: ignore[arg-type]
         lease_limit_per_prefix=per_prefix,  # type: ignore[arg-type]
         lease_limit_prefix_len=per_len,  # type: ignore[arg-type]
         icmp_errors_per_second=icmp_rate,  # type: ignore[arg-type]

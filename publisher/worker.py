@@ -77,12 +77,14 @@ class Plane:
     limit_prefix_len: int
     reserved: tuple[str, ...]
     lease_file: str
+    unconfirmed_time: float = 30.0
 
     @property
     def pool_key(self) -> tuple[Any, ...]:
         return (
             self.pool4,
             self.lease_time,
+            self.unconfirmed_time,
             self.limit_per_prefix,
             self.limit_prefix_len,
             self.reserved,
@@ -104,6 +106,7 @@ class Plane:
             limit_per_prefix=self.limit_per_prefix,
             limit_prefix_len=self.limit_prefix_len,
             reserved=self.reserved,
+            unconfirmed_time=self.unconfirmed_time,
         )
 
     def new_shared_pool(self, table: SharedTable) -> SharedPool4:
@@ -115,6 +118,7 @@ class Plane:
             limit_per_prefix=self.limit_per_prefix,
             limit_prefix_len=self.limit_prefix_len,
             reserved=self.reserved,
+            unconfirmed_time=self.unconfirmed_time,
         )
 
 
@@ -180,6 +184,7 @@ def plane_from_config(cfg: Config) -> Plane:
         limit_prefix_len=tr.lease_limit_prefix_len,
         reserved=tuple(str(a) for a in (tr.ipv4_address,) if a in tr.pool4),
         lease_file=str(cfg.lease_file),
+        unconfirmed_time=float(tr.unconfirmed_lease_time),
     )
 
 

@@ -201,6 +201,15 @@ def test_check_command_reports_each_problem_on_its_own_line(tmp_path: Path) -> N
             "test.yaml: translator.lease_time: must be an integer, not a boolean",
         ),
         (
+            {"translator__lease_time": 60, "translator__unconfirmed_lease_time": 61},
+            "test.yaml: translator.unconfirmed_lease_time: (61) cannot exceed "
+            "translator.lease_time (60)",
+        ),
+        (
+            {"translator__unconfirmed_lease_time": 0},
+            "test.yaml: translator.unconfirmed_lease_time: must be between 1 and 2592000, not 0",
+        ),
+        (
             {"wan__proxy_ndp": "yes"},
             "test.yaml: wan.proxy_ndp: must be true or false, not a string",
         ),
@@ -292,6 +301,7 @@ def test_range_mapping_and_defaults() -> None:
     cfg = parse_config(doc, "t.yaml")
     assert cfg.mappings[1].ipv4.num_addresses == 256
     assert cfg.translator.lease_time == 7200 and cfg.translator.udp_zero_checksum == "compute"
+    assert cfg.translator.unconfirmed_lease_time == 30
     assert cfg.wan.proxy_ndp is True and cfg.firewall.enabled is True
     assert cfg.metrics.listen == "127.0.0.1:9864"
 
