@@ -173,6 +173,12 @@ def _pool_families(snap: Snapshot) -> Iterator[Metric]:
         "pool4 leases released after translator.lease_time seconds idle.",
         value=snap.leases_expired,
     )
+    yield CounterMetricFamily(
+        "revnat64_pool_unconfirmed_reclaimed",
+        "unconfirmed pool4 leases (the client never spoke after the device answered) "
+        "handed to a new client because no address was free: the churn of a spoofed flood.",
+        value=snap.leases_reclaimed_unconfirmed,
+    )
     refused = CounterMetricFamily(
         "revnat64_pool_refused",
         "IPv6 clients refused a pool4 lease (their packets dropped): exhausted = no "

@@ -95,6 +95,8 @@ class Snapshot:
     pool_size: int = 0
     leases_created: int = 0
     leases_expired: int = 0
+    # unconfirmed leases handed to another client because the pool was full
+    leases_reclaimed_unconfirmed: int = 0
     # "exhausted" | "prefix_limit" -> lease requests refused
     pool_refused: dict[str, int] = field(default_factory=dict)
     # mapping name -> (packets, bytes) from the nftables named counters; {} when disabled
@@ -128,6 +130,7 @@ class Snapshot:
             "pool_size": self.pool_size,
             "leases_created": self.leases_created,
             "leases_expired": self.leases_expired,
+            "leases_reclaimed_unconfirmed": self.leases_reclaimed_unconfirmed,
             "pool_refused": dict(self.pool_refused),
             "firewall_drops": {k: [p, b] for k, (p, b) in self.firewall_drops.items()},
             "reloads": dict(self.reloads),
@@ -170,6 +173,7 @@ class Snapshot:
                 pool_size=int(doc["pool_size"]),
                 leases_created=int(doc["leases_created"]),
                 leases_expired=int(doc["leases_expired"]),
+                leases_reclaimed_unconfirmed=int(doc.get("leases_reclaimed_unconfirmed", 0)),
                 pool_refused=_int_dict(doc["pool_refused"]),
                 firewall_drops={
                     str(k): (int(p), int(b)) for k, (p, b) in doc["firewall_drops"].items()
@@ -207,8 +211,8 @@ class Snapshot:
           them), ``reloads``, both timestamps and both state strings.
         * Counters of the data path are summed over all parts: ``packets``,
           ``bytes``, ``dropped``, ``icmp_errors``, ``leases_created``,
-          ``leases_expired``, ``pool_refused``.  A part that never saw an
-          event simply reports 0 or leaves the key out.
+          ``leases_expired``, ``leases_reclaimed_unconfirmed``, ``pool_refused``.
+          A part that never saw an event simply reports 0 or leaves the key out.
         * The pool gauges (``pool_in_use``, ``pool_size``) and the lease list
           come from the one part that owns the pool: the first part with
           ``pool_size > 0`` (parts that do not own it report ``pool_size=0``).
@@ -233,6 +237,7 @@ class Snapshot:
             pool_size=owner.pool_size,
             leases_created=sum(p.leases_created for p in parts),
             leases_expired=sum(p.leases_expired for p in parts),
+            leases_reclaimed_unconfirmed=sum(p.leases_reclaimed_unconfirmed for p in parts),
             pool_refused=_sum_dicts(p.pool_refused for p in parts),
             firewall_drops=dict(head.firewall_drops),
             reloads=dict(head.reloads),

@@ -433,6 +433,7 @@ class Worker:
             pool_size=pool.size if self.owner else 0,
             leases_created=pool.created,
             leases_expired=pool.expired,
+            leases_reclaimed_unconfirmed=pool.reclaimed_unconfirmed,
             pool_refused={"exhausted": pool.refused_exhausted, "prefix_limit": pool.refused_limit},
             leases=(
                 [(v6, v4, max(0.0, now - seen)) for v6, v4, seen in pool.leases()]

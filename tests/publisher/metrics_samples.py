@@ -42,6 +42,7 @@ def sample_snapshot() -> Snapshot:
         pool_size=253,
         leases_created=11,
         leases_expired=8,
+        leases_reclaimed_unconfirmed=5,
         pool_refused={"exhausted": 0, "prefix_limit": 4},
         firewall_drops={"frontdoor-cam": (42, 2520), "nas": (0, 0), "lab-range": (7, 420)},
         reloads={"success": 3, "failure": 1},

@@ -59,6 +59,7 @@ EXPECTED_SAMPLE = {
     series("revnat64_pool_addresses"): 253,
     series("revnat64_pool_leases_created_total"): 11,
     series("revnat64_pool_leases_expired_total"): 8,
+    series("revnat64_pool_unconfirmed_reclaimed_total"): 5,
     series("revnat64_pool_refused_total", reason="exhausted"): 0,
     series("revnat64_pool_refused_total", reason="prefix_limit"): 4,
     series("revnat64_firewall_dropped_packets_total", mapping="frontdoor-cam"): 42,

@@ -160,6 +160,7 @@ snapshots = st.builds(
     bytes=st.dictionaries(st.tuples(labels, directions), counts),
     dropped=st.dictionaries(st.sampled_from(["no_mapping", "malformed", "fragment"]), counts),
     leases_created=counts,
+    leases_reclaimed_unconfirmed=counts,
     pool_refused=st.dictionaries(st.sampled_from(["exhausted", "prefix_limit"]), counts),
     workers=st.integers(min_value=0, max_value=4),
 )
@@ -174,6 +175,7 @@ def test_merged_counters_equal_the_sum_of_the_parts(parts: list[Snapshot]) -> No
             k: sum(getattr(p, name).get(k, 0) for p in parts) for k in keys
         }
     assert merged.leases_created == sum(p.leases_created for p in parts)
+    assert merged.leases_reclaimed_unconfirmed == sum(p.leases_reclaimed_unconfirmed for p in parts)
     assert merged.workers == sum(p.workers for p in parts)
 
 
@@ -195,6 +197,7 @@ def test_snapshot_field_names_are_the_contract() -> None:
         "pool_size",
         "leases_created",
         "leases_expired",
+        "leases_reclaimed_unconfirmed",
         "pool_refused",
         "firewall_drops",
         "reloads",
