@@ -486,7 +486,9 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
     lowest = r.get(d, p, "lowest_ipv6_mtu", _int_in(1280, 65535), 1280)
     udp0 = r.get(d, p, "udp_zero_checksum", _choice("compute", "drop"), "compute")
     lease_time = r.get(d, p, "lease_time", _int_in(1, 30 * 86400), 7200)
-    unconfirmed = r.get(d, p, "unconfirmed_lease_time", _int_in(1, 30 * 86400), 30)
+    unconfirmed = r.get(d, p, "unconfirmed_lease_time", _int_in(1, 30 * 86400), None)
+    if d.get("unconfirmed_lease_time") is None and lease_time is not None:
+        unconfirmed = min(30, lease_time)  # the default never exceeds a short lease_time
     per_prefix = r.get(d, p, "lease_limit_per_prefix", _int_in(1, 1 << 24), 16)
     per_len = r.get(d, p, "lease_limit_prefix_len", _int_in(1, 128), 64)
     icmp_rate = r.get(d, p, "icmp_errors_per_second", _int_in(0, 1_000_000), 100)

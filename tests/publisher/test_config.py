@@ -302,6 +302,8 @@ def test_range_mapping_and_defaults() -> None:
     assert cfg.mappings[1].ipv4.num_addresses == 256
     assert cfg.translator.lease_time == 7200 and cfg.translator.udp_zero_checksum == "compute"
     assert cfg.translator.unconfirmed_lease_time == 30
+    short = parse_config(with_changes(translator__lease_time=10), "t.yaml")
+    assert short.translator.unconfirmed_lease_time == 10
     assert cfg.wan.proxy_ndp is True and cfg.firewall.enabled is True
     assert cfg.metrics.listen == "127.0.0.1:9864"
 
