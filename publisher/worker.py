@@ -449,7 +449,7 @@ class Worker:
         pool = self.pool
         if isinstance(pool, SharedPool4):
             return pool.version
-        return (pool.created, pool.expired)
+        return (pool.created, pool.expired, pool.confirmed)
 
     # -- the loop ------------------------------------------------------------------------
 

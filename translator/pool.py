@@ -133,6 +133,7 @@ class Pool4:
         self.refused_exhausted = 0
         self.refused_limit = 0
         self.reclaimed_unconfirmed = 0
+        self.confirmed = 0  # leases confirmed so far (the lease saver's dirty mark)
 
     # -- metrics ----------------------------------------------------------------------
 
@@ -158,6 +159,7 @@ class Pool4:
                 if lease.state == ANSWERED:
                     lease.state = CONFIRMED
                     del self._unconfirmed[v6]
+                    self.confirmed += 1
                 else:
                     self._unconfirmed.move_to_end(v6)
         return lease

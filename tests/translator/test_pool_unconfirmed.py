@@ -104,6 +104,8 @@ def test_spoofed_flood_never_locks_out_confirmed_or_new_clients(kind: str) -> No
     assert new_v4 is not None
     assert held[s6(new_client)] == (str(ipaddress.IPv4Address(new_v4)), True)
     assert sum(p.refused_exhausted for p in pools) == 0
+    if isinstance(a, Pool4):
+        assert a.confirmed == 2  # the lease saver's mark moves on confirmation
     # 12 addresses were free after the first client's; every later flood lease, and
     # the new client's, took an unconfirmed slot.
     assert sum(p.reclaimed_unconfirmed for p in pools) == 10_000 - 12 + 1
