@@ -332,6 +332,8 @@ class Daemon:
         ok = False
         try:
             ok = self._reload()
+        except Exception:  # a bug must not take the serving data plane down with it
+            log.exception("reload failed; the workers keep the previous tables")
         finally:
             self.reloads["success" if ok else "failure"] += 1
             sdnotify.notify("READY=1", self.status_line())
@@ -463,6 +465,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     except (StartupError, NetlinkError, OSError, RuntimeError, EOFError) as exc:
         log.error("cannot start: %s", exc)
+        daemon.stop()
+        return 1
+    except Exception:  # a bug: still remove what was created before saying so
+        log.exception("cannot start")
         daemon.stop()
         return 1
     try:
