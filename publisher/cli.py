@@ -114,14 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from publisher.config import ConfigError, config_warnings, load_config, summary
+    from publisher.config import config_warnings, load_config_or_report, summary
     from publisher.system_checks import system_problems
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem)
+    cfg = load_config_or_report(args.config, stream=sys.stdout)
+    if cfg is None:
         return 1
     from publisher.dns_records import name_collisions
 

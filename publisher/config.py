@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as TMapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import yaml
 
@@ -826,6 +827,16 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(file, "", f"cannot read: {exc}")]) from None
     return parse_config_text(text, file)
+
+
+def load_config_or_report(path: str | Path, stream: TextIO | None = None) -> Config | None:
+    """For commands: the config, or None after printing one line per problem."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=stream if stream is not None else sys.stderr)
+        return None
 
 
 def parse_config_text(text: str, file: str = "<config>") -> Config:

@@ -44,7 +44,7 @@ MAX_COMMAND = 256  # bytes; commands are single words
 READ_TIMEOUT = 5.0  # seconds a client may take to send its command
 
 
-class ControlError(Exception):
+class ControlError(RuntimeError):
     """Talking to the daemon failed, or the daemon answered with an error."""
 
 

@@ -44,6 +44,7 @@ from translator.offload import TUN_F_USO4
 from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
+NETLINK_DETAIL_LINES = 32
 
 
 class StartupError(RuntimeError):
@@ -223,8 +224,13 @@ class Daemon:
         desired = plan(cfg, self.netlink.onlink_prefixes())
         for warning in desired.warnings:
             log.warning("%s", warning)
-        for change in self.netlink.apply(desired):
-            log.info("netlink: %s", change)
+        changes = self.netlink.apply(desired)
+        # A few changes are worth a line each; ten thousand routes are worth one line.
+        detail = log.info if len(changes) <= NETLINK_DETAIL_LINES else log.debug
+        for change in changes:
+            detail("netlink: %s", change)
+        if len(changes) > NETLINK_DETAIL_LINES:
+            log.info("netlink: %d changes (details at log level debug)", len(changes))
 
     def _apply_firewall(self, cfg: Config) -> None:
         """Apply the firewall backend's ruleset; a no-op when it is disabled."""
@@ -332,6 +338,8 @@ class Daemon:
         ok = False
         try:
             ok = self._reload()
+        except Exception:  # a bug must not take the serving data plane down with it
+            log.exception("reload failed; the workers keep the previous tables")
         finally:
             self.reloads["success" if ok else "failure"] += 1
             sdnotify.notify("READY=1", self.status_line())
@@ -463,6 +471,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     except (StartupError, NetlinkError, OSError, RuntimeError, EOFError) as exc:
         log.error("cannot start: %s", exc)
+        daemon.stop()
+        return 1
+    except Exception:  # a bug: still remove what was created before saying so
+        log.exception("cannot start")
         daemon.stop()
         return 1
     try:

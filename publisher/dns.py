@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from publisher.config import Config, ConfigError, load_config
+from publisher.config import Config, load_config_or_report
 from publisher.dns_records import build_records, render
 
 __all__ = ["cmd_dns"]
@@ -28,11 +28,8 @@ def _warn(message: str) -> None:
 
 def cmd_dns(args: argparse.Namespace) -> int:
     """Entry point for ``revnat64 dns`` (see :mod:`publisher.cli` for the options)."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 2
     ptr = bool(args.ptr or cfg.dns.ptr)
     if not cfg.dns.zone:

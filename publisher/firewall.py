@@ -151,13 +151,10 @@ def read_drop_counters(cfg: Config) -> dict[str, tuple[int, int]]:
 
 def cmd_firewall(args: argparse.Namespace) -> int:
     """``revnat64 firewall -c FILE --print|--apply|--remove [--backend B]``."""
-    from publisher.config import ConfigError, load_config
+    from publisher.config import load_config_or_report
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 1
     backend = backend_for(cfg, getattr(args, "backend", None))
     if args.print:

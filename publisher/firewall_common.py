@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class FirewallError(Exception):
+class FirewallError(RuntimeError):
     """Applying, removing or reading the firewall failed; the message says what and where."""
 
 

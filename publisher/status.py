@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from publisher.config import ConfigError, load_config
+from publisher.config import load_config_or_report
 from publisher.control import ControlError, DaemonNotRunning, request
 from publisher.snapshot import PREFIX_MAPPING, Snapshot
 
@@ -166,11 +166,8 @@ def render_status(snap: Snapshot, now: float) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the running daemon's status; 1 when it cannot be reached."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 1
     path = cfg.daemon.control_socket
     try:

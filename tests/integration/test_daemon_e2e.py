@@ -300,3 +300,16 @@ def test_sigkill_then_restart_comes_up_clean_and_keeps_leases(dlab: DaemonLab) -
     assert first == second and first.startswith("198.51.100.")
     assert dlab.stop() == 0
     assert _router_state(dlab) == before
+
+
+def test_startup_failure_after_setup_removes_everything(dlab: DaemonLab) -> None:
+    """A failure late in start-up (here: the control socket cannot be created) must
+    still remove the TUN, routes and sysctl changes made before it."""
+    before = _router_state(dlab)
+    cfg = dict(dlab.config)
+    cfg["daemon"] = dict(cfg["daemon"], control_socket="/proc/revnat64-nowhere/control.sock")
+    dlab.write_config(cfg)
+    with pytest.raises(RuntimeError, match="daemon exited with 1"):
+        dlab.start(timeout=20)
+    assert "cannot start" in dlab.logs() and "/proc/revnat64-nowhere" in dlab.logs()
+    assert _router_state(dlab) == before
