@@ -8,6 +8,7 @@ would never see them.  Each spoofed source sends once, so its lease is answered
 but never confirmed.  Meanwhile a client that confirmed its lease before the
 flood keeps its address and its answers, and a new client that arrives while
 the 13-address pool is full of flood leases gets an address and keeps it.
+With two workers the spoofed flows spread over both, on one shared lease table.
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ def lease_of(snap: Snapshot, client: str) -> str | None:
     return next((v4 for v6, v4, _ in snap.leases if v6 == client), None)
 
 
-def test_spoofed_flood_does_not_lock_out_confirmed_or_new_clients(dlab: DaemonLab) -> None:
+@pytest.mark.parametrize("workers", [1, 2])  # Pool4, and SharedPool4 over two workers
+def test_spoofed_flood_does_not_lock_out_confirmed_or_new_clients(
+    dlab: DaemonLab, workers: int
+) -> None:
     cfg = base_config(dlab.tmp, dlab.tun)
     cfg["translator"]["pool4"] = POOL
+    cfg["translator"]["workers"] = workers
     dlab.write_config(cfg)
     dlab.start()
     dlab.start_udp_echo(7)
