@@ -75,6 +75,54 @@ class Lease:
         self.state = state  # Pool4 only; SharedPool4 keeps it in the shared slot
 
 
+def pool_range(network: ipaddress.IPv4Network) -> tuple[int, int]:
+    """First and last usable address as integers (RFC 3021: /31 and /32 use all)."""
+    first = int(network.network_address)
+    last = int(network.broadcast_address)
+    if network.prefixlen < 31:
+        first += 1
+        last -= 1
+    return first, last
+
+
+def check_pool_params(
+    network: str | ipaddress.IPv4Network,
+    lease_time: float,
+    unconfirmed_time: float,
+    limit_per_prefix: int,
+    limit_prefix_len: int,
+) -> ipaddress.IPv4Network:
+    """Validate what both pool implementations take; ValueError names the parameter."""
+    try:
+        net = ipaddress.IPv4Network(network, strict=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"pool4: {exc}") from None
+    if lease_time <= 0:
+        raise ValueError("pool4: lease_time must be positive")
+    if not 0 < unconfirmed_time <= lease_time:
+        raise ValueError("pool4: unconfirmed_time must be within (0, lease_time]")
+    if limit_per_prefix < 0:
+        raise ValueError("pool4: limit_per_prefix must be >= 0 (0 = unlimited)")
+    if not 0 <= limit_prefix_len <= 128:
+        raise ValueError("pool4: limit_prefix_len must be within 0..128")
+    return net
+
+
+def reserved_addresses(
+    reserved: Iterable[str | ipaddress.IPv4Address], first: int, last: int
+) -> frozenset[int]:
+    """The reserved addresses (as integers) that fall inside ``first..last``."""
+    out: set[int] = set()
+    for r in reserved:
+        try:
+            a = int(ipaddress.IPv4Address(r))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"pool4: reserved: {exc}") from None
+        if first <= a <= last:
+            out.add(a)
+    return frozenset(out)
+
+
 class Pool4:
     """Pool of IPv4 addresses leased to IPv6 clients (see module docstring)."""
 
@@ -87,42 +135,22 @@ class Pool4:
         reserved: Iterable[str | ipaddress.IPv4Address] = (),
         unconfirmed_time: float = 30.0,
     ) -> None:
-        try:
-            net = ipaddress.IPv4Network(network, strict=True)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"pool4: {exc}") from None
-        if lease_time <= 0:
-            raise ValueError("pool4: lease_time must be positive")
-        if not 0 < unconfirmed_time <= lease_time:
-            raise ValueError("pool4: unconfirmed_time must be within (0, lease_time]")
-        if limit_per_prefix < 0:
-            raise ValueError("pool4: limit_per_prefix must be >= 0 (0 = unlimited)")
-        if not 0 <= limit_prefix_len <= 128:
-            raise ValueError("pool4: limit_prefix_len must be within 0..128")
+        net = check_pool_params(
+            network, lease_time, unconfirmed_time, limit_per_prefix, limit_prefix_len
+        )
         self.network = net
         self.lease_time = float(lease_time)
         self.unconfirmed_time = float(unconfirmed_time)
         self.limit_per_prefix = limit_per_prefix
         self.limit_prefix_len = limit_prefix_len
         self._prefix_shift = 128 - limit_prefix_len
-        first = int(net.network_address)
-        last = int(net.broadcast_address)
-        if net.prefixlen < 31:  # RFC 3021: /31 and /32 have no network/broadcast address
-            first += 1
-            last -= 1
+        first, last = pool_range(net)
         self._first = first
         self._last = last
         self._cursor = first
-        reserved_set: set[bytes] = set()
-        for r in reserved:
-            try:
-                a = ipaddress.IPv4Address(r)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"pool4: reserved: {exc}") from None
-            if first <= int(a) <= last:
-                reserved_set.add(a.packed)
-        self._reserved = frozenset(reserved_set)
-        self.size = max(0, last - first + 1 - len(reserved_set))
+        reserved_ints = reserved_addresses(reserved, first, last)
+        self._reserved = frozenset(a.to_bytes(4, "big") for a in reserved_ints)
+        self.size = max(0, last - first + 1 - len(reserved_ints))
         self._by6: OrderedDict[bytes, Lease] = OrderedDict()
         self._by4: dict[bytes, Lease] = {}
         self._unconfirmed: OrderedDict[bytes, Lease] = OrderedDict()  # LRU first, like _by6

@@ -71,7 +71,17 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Union
 
-from .pool import ANSWERED, CONFIRMED, UNCONFIRMED, Lease, dump_leases, parse_dump
+from .pool import (
+    ANSWERED,
+    CONFIRMED,
+    UNCONFIRMED,
+    Lease,
+    check_pool_params,
+    dump_leases,
+    parse_dump,
+    pool_range,
+    reserved_addresses,
+)
 from .verdict import DropReason
 
 SharedBuffer = Union[bytearray, Any]  # a bytearray (tests) or an mmap.mmap (the daemon)
@@ -115,16 +125,6 @@ class SharedLease(Lease):
         self.gen = gen
 
 
-def pool_range(network: ipaddress.IPv4Network) -> tuple[int, int]:
-    """First and last usable address as integers (RFC 3021: /31 and /32 use all)."""
-    first = int(network.network_address)
-    last = int(network.broadcast_address)
-    if network.prefixlen < 31:
-        first += 1
-        last -= 1
-    return first, last
-
-
 def buffer_size(network: str | ipaddress.IPv4Network) -> int:
     """Bytes of shared memory a table for ``network`` needs."""
     first, last = pool_range(ipaddress.IPv4Network(network, strict=True))
@@ -147,20 +147,11 @@ class SharedPool4:
         grace: float = 2.0,
         unconfirmed_time: float = 30.0,
     ) -> None:
-        try:
-            net = ipaddress.IPv4Network(network, strict=True)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"pool4: {exc}") from None
-        if lease_time <= 0:
-            raise ValueError("pool4: lease_time must be positive")
-        if limit_per_prefix < 0:
-            raise ValueError("pool4: limit_per_prefix must be >= 0 (0 = unlimited)")
-        if not 0 <= limit_prefix_len <= 128:
-            raise ValueError("pool4: limit_prefix_len must be within 0..128")
+        net = check_pool_params(
+            network, lease_time, unconfirmed_time, limit_per_prefix, limit_prefix_len
+        )
         if not 0 < refresh < grace:
             raise ValueError("pool4: need 0 < refresh < grace")
-        if not 0 < unconfirmed_time <= lease_time:
-            raise ValueError("pool4: unconfirmed_time must be within (0, lease_time]")
         self.network = net
         self.lease_time = float(lease_time)
         self.unconfirmed_time = float(unconfirmed_time)
@@ -180,16 +171,8 @@ class SharedPool4:
             )
         self._buf = buffer
         self._lock = lock
-        reserved_idx: set[int] = set()
-        for r in reserved:
-            try:
-                a = ipaddress.IPv4Address(r)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"pool4: reserved: {exc}") from None
-            if first <= int(a) <= last:
-                reserved_idx.add(int(a) - first)
-        self._reserved = frozenset(first + i for i in reserved_idx)
-        self.size = max(0, self._slots - len(reserved_idx))
+        self._reserved = reserved_addresses(reserved, first, last)
+        self.size = max(0, self._slots - len(self._reserved))
         self._cache6: dict[bytes, SharedLease] = {}
         self._cache4: list[SharedLease | None] = [None] * self._slots
         self._mirror_version = -1
@@ -211,7 +194,7 @@ class SharedPool4:
                 HEADER.pack_into(buffer, 0, MAGIC, first, self._slots, 0, 0, 1)
             else:
                 raise ValueError("pool4: the shared buffer holds something else")
-            for i in reserved_idx:
+            for i in sorted(a - first for a in self._reserved):
                 off = HEADER_SIZE + i * SLOT_SIZE
                 if _U16.unpack_from(buffer, off + STATE_AT)[0] == NEVER:
                     _U16.pack_into(buffer, off + STATE_AT, RESERVED)
