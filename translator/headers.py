@@ -90,6 +90,22 @@ ICMP6_INFO_MIN = 128  # RFC 4443 §2.1: types below 128 are errors.
 
 IPV4_HEAD = struct.Struct("!BBHHHBB")  # the first 10 bytes, up to the checksum
 
+# Payloads at least this long are spliced from a memoryview: slicing bytes copies,
+# and a TSO super-packet is up to 64 KiB (a view costs more than a short copy).
+SPLICE_VIEW_MIN = 4096
+
+
+def splice_u16(header: bytes, pkt: bytes, start: int, at: int, value: int, end: int) -> bytes:
+    """``header + pkt[start:end]`` with the 16-bit word at ``at`` set to ``value``.
+
+    The translated packet in one copy of the payload, however long: the hot
+    path's only change to a TCP/UDP payload is its checksum field.
+    """
+    if end - at < SPLICE_VIEW_MIN:
+        return b"".join((header, pkt[start:at], U16.pack(value), pkt[at + 2 : end]))
+    view = memoryview(pkt)
+    return b"".join((header, view[start:at], U16.pack(value), view[at + 2 : end]))
+
 
 def build_ipv4(
     tos: int, total: int, ident: int, flags: int, ttl: int, proto: int, src: bytes, dst: bytes

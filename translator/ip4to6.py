@@ -56,8 +56,11 @@ from .headers import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    TCP_CHECKSUM_OFFSET,
     U16,
     U32,
+    UDP_CHECKSUM_OFFSET,
+    splice_u16,
 )
 from .icmp import (
     ECHO_4_TO_6,
@@ -111,9 +114,13 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
     offset = flags & IPV4_OFFSET_MASK
     more = flags & IPV4_MF
     fragmented = bool(offset or more)
-    payload = pkt[ihl:total]
+    plen = total - ihl
+    # Only ICMP needs its payload as bytes: TCP and UDP keep theirs in ``pkt``
+    # until the output is spliced (one copy, see headers.splice_u16).
+    payload = b""
     is_error = False
     if proto == PROTO_ICMP:
+        payload = pkt[ihl:total]
         if fragmented:
             return drop(DropReason.FRAGMENTED_ICMP)
         is_error = payload[0] in ICMP4_ERROR_TYPES
@@ -153,12 +160,18 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         return translate_icmp4_error(tr, payload, src6, dst6, index, tos, ttl)
 
     nh = proto
+    csum_at = -1  # where in pkt the new TCP/UDP checksum ``csum`` goes, if anywhere
+    csum = 0
     if not offset:
         if proto == PROTO_TCP:
-            c = adjust(U16.unpack_from(payload, 16)[0], add(sdelta, ddelta))
-            payload = payload[:16] + U16.pack(c) + payload[18:]
+            if plen < 18:
+                return DROP_MALFORMED
+            csum_at = ihl + TCP_CHECKSUM_OFFSET
+            csum = adjust(U16.unpack_from(pkt, csum_at)[0], add(sdelta, ddelta))
         elif proto == PROTO_UDP:
-            c = U16.unpack_from(payload, 6)[0]
+            if plen < 8:
+                return DROP_MALFORMED
+            c = U16.unpack_from(pkt, ihl + UDP_CHECKSUM_OFFSET)[0]
             if c:
                 c = adjust(c, add(sdelta, ddelta)) or 0xFFFF
             elif fragmented:
@@ -168,9 +181,10 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
                 return drop(DropReason.UDP_ZERO_CHECKSUM, index)
             else:
                 # RFC 7915 §4.5: IPv6 forbids a zero UDP checksum (RFC 8200 §8.1).
-                pseudo = fold(ones_sum(src6 + dst6) + len(payload) + PROTO_UDP)
-                c = checksum(payload, pseudo) or 0xFFFF
-            payload = payload[:6] + U16.pack(c) + payload[8:]
+                pseudo = fold(ones_sum(src6 + dst6) + plen + PROTO_UDP)
+                c = checksum(pkt[ihl:total], pseudo) or 0xFFFF
+            csum_at = ihl + UDP_CHECKSUM_OFFSET
+            csum = c
         elif proto == PROTO_ICMP:
             # RFC 7915 §4.2: Echo (8/0) -> 128/129 with the pseudo-header added; other
             # informational messages have no IPv6 equivalent: silently dropped.
@@ -186,13 +200,17 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
     # RFC 7915 §4.1: Traffic Class = TOS, Flow Label 0, Hop Limit = TTL - 1.
     first_word = IPV6_VERSION | tos << 20
     hlim = ttl - 1
-    size = 40 + len(payload) + (8 if fragmented else 0)
+    size = 40 + plen + (8 if fragmented else 0)
     if flags & IPV4_DF:
         if size > tr.mtu:
             # RFC 1191 / RFC 7915 §4.1: report the IPv4-equivalent of the IPv6 MTU.
-            mtu4 = tr.mtu - (size - len(payload) - 20)
+            mtu4 = tr.mtu - (size - plen - 20)
             return tr.error4(pkt[:total], now, 3, 4, mtu4, DropReason.FRAG_NEEDED, index, False)
     elif size > tr.lowest_ipv6_mtu:
+        if csum_at >= 0:
+            payload = splice_u16(b"", pkt, ihl, csum_at, csum, total)
+        elif proto != PROTO_ICMP:
+            payload = pkt[ihl:total]
         return Verdict(
             _FORWARD,
             build_fragments(
@@ -204,12 +222,16 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
     if fragmented:
         # RFC 7915 §4.1: Fragment header: ID = IPv4 ID (high 16 bits zero), offset and
         # M copied from the IPv4 header.
-        header = IPV6.pack(
-            first_word, len(payload) + 8, PROTO_FRAGMENT, hlim, src6, dst6
-        ) + FRAG6.pack(nh, 0, offset << 3 | (1 if more else 0), ident)
+        header = IPV6.pack(first_word, plen + 8, PROTO_FRAGMENT, hlim, src6, dst6) + FRAG6.pack(
+            nh, 0, offset << 3 | (1 if more else 0), ident
+        )
     else:
-        header = IPV6.pack(first_word, len(payload), nh, hlim, src6, dst6)
-    return Verdict(_FORWARD, (header + payload,), _NONE, index)
+        header = IPV6.pack(first_word, plen, nh, hlim, src6, dst6)
+    if csum_at >= 0:
+        out = splice_u16(header, pkt, ihl, csum_at, csum, total)
+    else:
+        out = header + (payload if proto == PROTO_ICMP else pkt[ihl:total])
+    return Verdict(_FORWARD, (out,), _NONE, index)
 
 
 def build_fragments(

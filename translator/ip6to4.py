@@ -57,9 +57,12 @@ from .headers import (
     PROTO_TCP,
     PROTO_UDP,
     ROUTING_SEGMENTS_LEFT_OFFSET,
+    TCP_CHECKSUM_OFFSET,
     U16,
     U32,
+    UDP_CHECKSUM_OFFSET,
     build_ipv4,
+    splice_u16,
 )
 from .icmp import (
     ECHO_6_TO_4,
@@ -163,9 +166,12 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         )
     first = frag < 0 or not frag & FRAG6_OFFSET_MASK
     fragmented = frag >= 0 and frag & (FRAG6_OFFSET_MASK | FRAG6_M) != 0
-    payload = pkt[off:end]
+    # Only ICMPv6 needs its payload as bytes: TCP and UDP keep theirs in ``pkt``
+    # until the output is spliced (one copy, see headers.splice_u16).
+    payload = b""
     is_error = False
     if proto == PROTO_ICMPV6:
+        payload = pkt[off:end]
         if fragmented:
             return drop(DropReason.FRAGMENTED_ICMP)
         is_error = payload[0] < ICMP6_INFO_MIN
@@ -226,16 +232,22 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
             sdelta = got.delta
 
     proto4 = proto
+    csum_at = -1  # where in pkt the new TCP/UDP checksum ``csum`` goes, if anywhere
+    csum = 0
     if first:
         if proto == PROTO_TCP:
+            if end - off < 18:
+                return DROP_MALFORMED
             # RFC 7915 §5.5: only the pseudo-header addresses change.
-            c = adjust(U16.unpack_from(payload, 16)[0], neg(add(sdelta, ddelta)))
-            payload = payload[:16] + U16.pack(c) + payload[18:]
+            csum_at = off + TCP_CHECKSUM_OFFSET
+            csum = adjust(U16.unpack_from(pkt, csum_at)[0], neg(add(sdelta, ddelta)))
         elif proto == PROTO_UDP:
-            c = U16.unpack_from(payload, 6)[0]
+            if end - off < 8:
+                return DROP_MALFORMED
+            c = U16.unpack_from(pkt, off + UDP_CHECKSUM_OFFSET)[0]
             if c:
-                c = adjust(c, neg(add(sdelta, ddelta))) or 0xFFFF
-                payload = payload[:6] + U16.pack(c) + payload[8:]
+                csum_at = off + UDP_CHECKSUM_OFFSET
+                csum = adjust(c, neg(add(sdelta, ddelta))) or 0xFFFF
         elif proto == PROTO_ICMPV6:
             # RFC 7915 §5.2: Echo Request/Reply (128/129) -> 8/0; the checksum loses the
             # pseudo-header and takes the type change.
@@ -248,7 +260,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     elif proto == PROTO_ICMPV6:
         proto4 = PROTO_ICMP
 
-    total = 20 + len(payload)
+    total = 20 + end - off
     if frag >= 0:
         # RFC 7915 §5.1.1: Identification = low 16 bits of the Fragment header's,
         # offset and M copied, DF = 0.
@@ -262,7 +274,11 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         ident = tr.next_ident()
         flags = 0
     header = build_ipv4(vtcfl >> 20 & 0xFF, total, ident, flags, hlim - 1, proto4, src4, dst4)
-    return Verdict(_FORWARD, (header + payload,), _NONE, index)
+    if csum_at >= 0:
+        out = splice_u16(header, pkt, off, csum_at, csum, end)
+    else:
+        out = header + (payload if proto == PROTO_ICMPV6 else pkt[off:end])
+    return Verdict(_FORWARD, (out,), _NONE, index)
 
 
 def _map_inner6(tr: Translator, a6: bytes) -> tuple[bytes, int] | None:

@@ -235,19 +235,18 @@ class DataPath:
             if len(data) <= VNET_HDR_LEN:
                 dropped[DropReason.MALFORMED] += 1
                 continue
-            vnet = data[:VNET_HDR_LEN]
-            pkt, csum_offset, gso = prepare(vnet, data[VNET_HDR_LEN:], lowest)
+            pkt, csum_offset, gso = prepare(data, lowest)
             verdict = translate_gso(pkt, now) if gso else translate(pkt, now)
             action = verdict[0]
             if action is drop:
                 dropped[verdict[2]] += 1
                 continue
             direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
-            gso_size = gso_size_of(vnet) if gso else 0
+            gso_size = gso_size_of(data) if gso else 0
             for out in verdict[1]:
-                hdr, body = finish(out, csum_offset if action is forward else 0, gso, gso_size)
+                iov = finish(out, csum_offset if action is forward else 0, gso, gso_size)
                 try:
-                    writev(fd, (hdr, body))
+                    writev(fd, iov)
                 except OSError as exc:
                     c.write_errors += 1
                     if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO):
@@ -256,13 +255,14 @@ class DataPath:
                 if action is forward:
                     if gso_size:
                         # Count wire packets: the kernel cuts this into segments.
+                        hdr = iov[0]
                         hdr_len = hdr[2] | hdr[3] << 8
-                        segments = -(-(len(body) - hdr_len) // gso_size)
+                        segments = -(-(len(out) - hdr_len) // gso_size)
                         packets[direction][verdict[3]] += segments
-                        nbytes[direction][verdict[3]] += len(body) + (segments - 1) * hdr_len
+                        nbytes[direction][verdict[3]] += len(out) + (segments - 1) * hdr_len
                     else:
                         packets[direction][verdict[3]] += 1
-                        nbytes[direction][verdict[3]] += len(body)
+                        nbytes[direction][verdict[3]] += len(out)
             if action is not forward:
                 dropped[verdict[2]] += 1
                 self._count_icmp_error(verdict[1])

@@ -55,11 +55,16 @@ def translate_with_offload(
     tr_pkt: bytes, header: bytes, gso_tr: bool = False
 ) -> list[tuple[bytes, bytes]]:
     tr = make_translator(mtu=65535, lowest_ipv6_mtu=65535) if gso_tr else make_translator()
-    pkt, csum_offset, gso = prepare(header, tr_pkt, tr.lowest_ipv6_mtu)
+    pkt, csum_offset, gso = prepare(header + tr_pkt, tr.lowest_ipv6_mtu)
     verdict = tr.translate(pkt, 1.0)
     assert verdict.action is Action.FORWARD, verdict
     gso_size = VNET_HDR.unpack(header)[3]
-    return [finish(out, csum_offset, gso, gso_size) for out in verdict.packets]
+    return [joined(finish(out, csum_offset, gso, gso_size)) for out in verdict.packets]
+
+
+def joined(iov: tuple[bytes | memoryview, ...]) -> tuple[bytes, bytes]:
+    """finish()'s writev pieces as (virtio-net header, packet), what the kernel reads."""
+    return bytes(iov[0]), b"".join(iov[1:])
 
 
 def completed(hdr: bytes, body: bytes) -> bytes:
@@ -107,10 +112,10 @@ def test_tcpv4_superpacket_becomes_tcpv6_superpacket_with_valid_seed() -> None:
     header = vnet(GSO_TCPV4, 20, 16, 1448, 40)
     # The daemon's twin for super-packets: same tables and pool, size rules lifted.
     tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
-    prepared, csum_offset, gso = prepare(header, pkt, tr_gso.lowest_ipv6_mtu)
+    prepared, csum_offset, gso = prepare(header + pkt, tr_gso.lowest_ipv6_mtu)
     verdict = tr_gso.translate(prepared, 1.0)
     assert verdict.action is Action.FORWARD
-    hdr, out = finish(verdict.packets[0], csum_offset, gso, 1448)
+    hdr, out = joined(finish(verdict.packets[0], csum_offset, gso, 1448))
     flags, gso_out, hdr_len, gso_size, start, offset = VNET_HDR.unpack(hdr)
     assert (gso_out, start, offset, gso_size, hdr_len) == (GSO_TCPV6, 40, 16, 1448, 60)
     ip6 = IPv6(completed(hdr, out))
@@ -142,7 +147,7 @@ def test_big_ipv4_without_df_is_completed_before_fragmenting() -> None:
     pool_addr = IP(first.packets[0]).src
     pkt = raw(IP(src=CAM4, dst=pool_addr, flags=0) / UDP(sport=7, dport=1) / Raw(b"z" * 2000))
     pkt = partial(pkt, 20, 6)
-    prepared, csum_offset, _ = prepare(vnet(GSO_NONE, 20, 6), pkt, tr.lowest_ipv6_mtu)
+    prepared, csum_offset, _ = prepare(vnet(GSO_NONE, 20, 6) + pkt, tr.lowest_ipv6_mtu)
     assert csum_offset == 0  # finished in software: fragments cannot carry a partial sum
     assert_valid_l4(prepared)
     verdict = tr.translate(prepared, 1.0)
@@ -153,7 +158,7 @@ def test_big_ipv4_without_df_is_completed_before_fragmenting() -> None:
 def test_udp_seed_of_all_ones_is_completed_not_mistaken_for_no_checksum() -> None:
     pkt = raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=1, dport=7) / Raw(b"x" * 10))
     forced = pkt[:46] + b"\xff\xff" + pkt[48:]
-    prepared, csum_offset, _ = prepare(vnet(GSO_NONE, 40, 6), forced, 1280)
+    prepared, csum_offset, _ = prepare(vnet(GSO_NONE, 40, 6) + forced, 1280)
     assert csum_offset == 0 and prepared[46:48] != b"\x00\x00"
 
 
@@ -257,10 +262,10 @@ def test_udpv4_superpacket_becomes_udpv6_superpacket_with_valid_segments() -> No
     pkt = uso_partial(pkt, 20)
     header = vnet(GSO_UDP_L4, 20, 6, 100, 28)
     tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
-    prepared, csum_offset, gso = prepare(header, pkt, tr_gso.lowest_ipv6_mtu)
+    prepared, csum_offset, gso = prepare(header + pkt, tr_gso.lowest_ipv6_mtu)
     verdict = tr_gso.translate(prepared, 1.0)
     assert verdict.action is Action.FORWARD and len(verdict.packets) == 1
-    hdr, out = finish(verdict.packets[0], csum_offset, gso, 100)
+    hdr, out = joined(finish(verdict.packets[0], csum_offset, gso, 100))
     assert VNET_HDR.unpack(hdr) == (F_NEEDS_CSUM, GSO_UDP_L4, 48, 100, 40, 6)
     assert IPv6(out).plen == 8 + len(payload) and IPv6(out).dst == CLIENT6
     segments = segment_udp_like_kernel(hdr, out)
@@ -307,3 +312,21 @@ def test_udp_superpackets_of_any_shape_segment_to_valid_datagrams(
     assert len(segments) == -(-len(payload) // size)
     for seg in segments:
         assert_valid_l4(seg)
+
+
+@given(
+    flags=st.sampled_from([0, F_NEEDS_CSUM]),
+    gso=st.sampled_from([GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, 0x7F]),
+    csum_start=st.integers(0, 80),
+    csum_offset=st.integers(0, 40),
+    first=st.sampled_from([0x45, 0x46, 0x60, 0x00, 0xFF]),
+    tail=st.binary(max_size=700),
+    lowest=st.integers(1280, 1500),
+)
+def test_prepare_never_raises_on_any_frame(
+    flags: int, gso: int, csum_start: int, csum_offset: int, first: int, tail: bytes, lowest: int
+) -> None:
+    # The kernel writes these headers, but a worker must survive a bad one.
+    frame = VNET_HDR.pack(flags, gso, 0, 1400, csum_start, csum_offset) + bytes((first,)) + tail
+    pkt, offset, _gso = prepare(frame, lowest)
+    assert isinstance(pkt, bytes) and offset >= 0
