@@ -47,6 +47,7 @@ from publisher.config import Config
 from publisher.netlink import atomic_write
 from publisher.snapshot import DIRECTIONS, PREFIX_MAPPING, MappingInfo, Snapshot, WorkerUsage
 from translator import DropReason, Pool4, Tables, Translator, TranslatorSettings
+from translator.offload import TUN_F_USO4
 from translator.shared_pool import SharedPool4, buffer_size
 from translator.tun import (
     BATCH_LIMIT,
@@ -330,6 +331,8 @@ class Worker:
             if self.offloads
             else None
         )
+        # Coalesced UDP trains are written as USO super-packets.
+        self.datapath.udp_trains = bool(self.offloads & TUN_F_USO4)
         self.datapath.select_loop()
 
     # -- leases ------------------------------------------------------------------------

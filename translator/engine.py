@@ -142,6 +142,13 @@ class Translator:
         self._ident = (self._ident + 1) & 0xFFFF
         return self._ident
 
+    def reserve_idents(self, count: int) -> int:
+        """The first of ``count`` consecutive Identifications (a super-packet's
+        segments: the kernel numbers them upwards from the first)."""
+        first = (self._ident + 1) & 0xFFFF
+        self._ident = (self._ident + count) & 0xFFFF
+        return first
+
     def rfc6791_address(self, src6: bytes) -> bytes:
         """RFC 6791 §4: an IPv4 source for an error from ``src6``, stable per source."""
         if not self._rfc6791_size:

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import struct
 
-from .checksum import ones_sum
-from .headers import splice_u16
+from .checksum import add, checksum, neg, ones_sum
+from .headers import U16, splice_u16
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_off
 VNET_HDR_LEN = VNET_HDR.size  # 10
@@ -66,6 +66,14 @@ PROTO_UDP = 17
 IPV4_DF = 0x4000
 
 _U16 = struct.Struct("!H")
+_LE16 = struct.Struct("<H")
+
+# UDP trains (see udp_train_key): at most this many datagrams per super-packet
+# (the kernel's UDP_MAX_SEGMENTS was 64 before Linux 6.10), and only datagrams
+# whose translation stays within the smallest size both families must carry
+# unfragmented, so coalescing never changes a fragmentation or DF decision.
+UDP_TRAIN_MAX = 64
+UDP_TRAIN_MAX_PACKET = 1260
 
 
 def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
@@ -169,3 +177,89 @@ def finish(out: bytes, csum_offset: int, gso: int, gso_size: int) -> Iovec:
 def gso_size_of(frame: bytes) -> int:
     """The gso_size of a frame read from the TUN (virtio-net header first)."""
     return int(VNET_HDR.unpack_from(frame, 0)[3])
+
+
+def udp_train_key(frame: bytes) -> bytes | None:
+    """The key under which ``frame`` may join a train of UDP datagrams, or None.
+
+    Frames with equal keys are datagrams of one flow with identical headers
+    but for the IPv4 Identification, and of equal size: :func:`coalesce_udp`
+    turns a run of them into one USO super-packet, so a burst of small
+    datagrams costs one translation and one write instead of one each (the
+    kernel cuts it up again, as GRO forwarding would have on a real NIC).
+    Only datagrams with a partial checksum qualify: nobody has computed their
+    checksum yet, so merging them loses nothing. No extension headers, IPv4
+    options or fragments.
+    """
+    n = len(frame)
+    if (
+        n < VNET_HDR_LEN + 29
+        or frame[0] != F_NEEDS_CSUM
+        or frame[1] != GSO_NONE
+        or frame[7]
+        or frame[8] != UDP_CSUM_OFFSET
+        or frame[9]
+    ):
+        return None
+    first = frame[VNET_HDR_LEN]
+    if first == 0x45:
+        # IPv4: total == frame, UDP, no MF/offset, UDP length == total - 20.
+        if (
+            frame[19] != PROTO_UDP
+            or frame[6] != 20
+            or frame[16] & 0x3F
+            or frame[17]
+            or n > VNET_HDR_LEN + UDP_TRAIN_MAX_PACKET - 20
+            or _U16.unpack_from(frame, 12)[0] != n - VNET_HDR_LEN
+            or _U16.unpack_from(frame, 34)[0] != n - VNET_HDR_LEN - 20
+        ):
+            return None
+        return frame[10:14] + frame[16:20] + frame[22:34]
+    if first >> 4 == 6:
+        # IPv6: payload length == frame, next header UDP, UDP length == payload length.
+        if (
+            frame[16] != PROTO_UDP
+            or frame[6] != 40
+            or n > VNET_HDR_LEN + UDP_TRAIN_MAX_PACKET + 20
+            or _U16.unpack_from(frame, 14)[0] != n - VNET_HDR_LEN - 40
+            or frame[54] != frame[14]
+            or frame[55] != frame[15]
+        ):
+            return None
+        return frame[10:54]
+    return None
+
+
+def coalesce_udp(frames: list[bytes]) -> bytes:
+    """One USO frame (``GSO_UDP_L4``) carrying the datagrams of a UDP train.
+
+    The headers are the first frame's with the lengths of the whole train;
+    the partial seed moves with the UDP length (the pseudo-header carries
+    it), which is what the kernel's USO segmentation expects
+    (``__udp_gso_segment`` swaps it for each segment's).
+    """
+    first = frames[0]
+    v4 = first[VNET_HDR_LEN] == 0x45
+    l4 = VNET_HDR_LEN + (20 if v4 else 40)
+    segment = len(first) - l4 - 8
+    udp_len = 8 + segment * len(frames)
+    old_len, seed = struct.unpack_from("!HH", first, l4 + 4)
+    seed = add(add(seed, neg(old_len)), udp_len)
+    if v4:
+        head = first[10:12] + U16.pack(20 + udp_len) + first[14:20] + b"\0\0" + first[22:30]
+        ip = head[:10] + U16.pack(checksum(head)) + head[12:]
+    else:
+        ip = first[10:14] + U16.pack(udp_len) + first[16:50]
+    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, l4 - VNET_HDR_LEN + 8, segment, l4 - 10, 6)
+    udp = first[l4 : l4 + 4] + struct.pack("!HH", udp_len, seed)
+    return b"".join([vnet, ip, udp, *[f[l4 + 8 :] for f in frames]])
+
+
+def segment_ids_v4(out: bytes, ident: int) -> bytes:
+    """An IPv4 super-packet whose segments all stay within RFC 7915's DF limit:
+    DF cleared and the Identification set to ``ident``, which the kernel
+    increments per segment (RFC 7915 §5.1, RFC 6864 §4.2), as if each datagram
+    had been translated on its own. The header checksum is recomputed.
+    """
+    head = out[:4] + U16.pack(ident) + b"\0\0" + out[8:10] + b"\0\0" + out[12:20]
+    return head[:10] + U16.pack(checksum(head)) + head[12:] + out[20:]

@@ -25,10 +25,14 @@ from translator.offload import (
     TUN_F_TSO_ECN,
     TUN_F_USO4,
     TUN_F_USO6,
+    UDP_TRAIN_MAX,
     VNET_HDR_LEN,
+    coalesce_udp,
     finish,
     gso_size_of,
     prepare,
+    segment_ids_v4,
+    udp_train_key,
 )
 
 # linux/if_tun.h
@@ -157,6 +161,8 @@ class DataPath:
         self.fd = fd
         self.translator = translator
         self.gso_translator = gso_translator
+        self.udp_trains = False
+        """Merge queued UDP trains into USO super-packets (needs a TUN with USO)."""
         self.counters = counters
         self.run_batch = self.run_batch_plain
         self.select_loop()
@@ -209,19 +215,20 @@ class DataPath:
         return count
 
     def run_batch_vnet(self, now: float) -> int:
-        """Like :meth:`run_batch_plain`, with a virtio-net header on every read and write."""
+        """Like :meth:`run_batch_plain`, with a virtio-net header on every read and write.
+
+        With ``udp_trains`` (the TUN takes USO), consecutive same-flow,
+        same-size UDP datagrams in the queue are merged into one super-packet
+        first (offload.udp_train_key): one translation and one write for up to
+        UDP_TRAIN_MAX of them. Only what is already queued is merged, so
+        nothing waits for a train to fill.
+        """
         fd = self.fd
         read = os.read
-        writev = os.writev
-        translate = self.translator.translate
-        gso_translator = self.gso_translator
-        assert gso_translator is not None
-        translate_gso = gso_translator.translate
-        lowest = self.translator.lowest_ipv6_mtu
-        c = self.counters
-        packets, nbytes, dropped = c.packets, c.bytes, c.dropped
-        forward = Action.FORWARD
-        drop = Action.DROP
+        send = self.send_frame
+        train_key_of = udp_train_key if self.udp_trains else None
+        train: list[bytes] = []
+        train_key: bytes | None = None
         count = 0
         while count < BATCH_LIMIT:
             try:
@@ -229,44 +236,83 @@ class DataPath:
             except BlockingIOError:
                 break
             except OSError:
-                c.read_errors += 1
+                self.counters.read_errors += 1
                 break
             count += 1
-            if len(data) <= VNET_HDR_LEN:
-                dropped[DropReason.MALFORMED] += 1
+            if train_key_of is None:
+                send(data, now)
                 continue
-            pkt, csum_offset, gso = prepare(data, lowest)
-            verdict = translate_gso(pkt, now) if gso else translate(pkt, now)
-            action = verdict[0]
-            if action is drop:
-                dropped[verdict[2]] += 1
+            key = train_key_of(data)
+            if key is not None and key == train_key and len(train) < UDP_TRAIN_MAX:
+                train.append(data)
                 continue
-            direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
-            gso_size = gso_size_of(data) if gso else 0
-            for out in verdict[1]:
-                iov = finish(out, csum_offset if action is forward else 0, gso, gso_size)
-                try:
-                    writev(fd, iov)
-                except OSError as exc:
-                    c.write_errors += 1
-                    if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO):
-                        raise
-                    continue
-                if action is forward:
-                    if gso_size:
-                        # Count wire packets: the kernel cuts this into segments.
-                        hdr = iov[0]
-                        hdr_len = hdr[2] | hdr[3] << 8
-                        segments = -(-(len(out) - hdr_len) // gso_size)
-                        packets[direction][verdict[3]] += segments
-                        nbytes[direction][verdict[3]] += len(out) + (segments - 1) * hdr_len
-                    else:
-                        packets[direction][verdict[3]] += 1
-                        nbytes[direction][verdict[3]] += len(out)
-            if action is not forward:
-                dropped[verdict[2]] += 1
-                self._count_icmp_error(verdict[1])
+            if train:
+                self.send_train(train, now)
+            if key is None:
+                train, train_key = [], None
+                send(data, now)
+            else:
+                train, train_key = [data], key
+        if train:
+            self.send_train(train, now)
         return count
+
+    def send_train(self, train: list[bytes], now: float) -> None:
+        """Send a UDP train: alone if it is one datagram, else as one USO super-packet."""
+        if len(train) == 1:
+            self.send_frame(train[0], now)
+        else:
+            self.send_frame(coalesce_udp(train), now, len(train))
+
+    def send_frame(self, data: bytes, now: float, train: int = 0) -> None:
+        """Translate one frame read with a virtio-net header, write and count the result.
+
+        ``train`` is the number of datagrams a coalesced UDP frame carries: an
+        IPv4 result then gets DF clear and one Identification per datagram,
+        as each would have had on its own.
+        """
+        c = self.counters
+        if len(data) <= VNET_HDR_LEN:
+            c.dropped[DropReason.MALFORMED] += 1
+            return
+        pkt, csum_offset, gso = prepare(data, self.translator.lowest_ipv6_mtu)
+        assert self.gso_translator is not None
+        verdict = (
+            self.gso_translator.translate(pkt, now) if gso else self.translator.translate(pkt, now)
+        )
+        action = verdict[0]
+        if action is Action.DROP:
+            c.dropped[verdict[2]] += 1
+            return
+        forward = action is Action.FORWARD
+        direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
+        gso_size = gso_size_of(data) if gso else 0
+        mapping = verdict[3]
+        for out in verdict[1]:
+            if train and forward and out[0] == 0x45:
+                out = segment_ids_v4(out, self.translator.reserve_idents(train))
+            iov = finish(out, csum_offset if forward else 0, gso, gso_size)
+            try:
+                os.writev(self.fd, iov)
+            except OSError as exc:
+                c.write_errors += 1
+                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO):
+                    raise
+                continue
+            if forward:
+                if gso_size:
+                    # Count wire packets: the kernel cuts this into segments.
+                    hdr = iov[0]
+                    hdr_len = hdr[2] | hdr[3] << 8
+                    segments = -(-(len(out) - hdr_len) // gso_size)
+                    c.packets[direction][mapping] += segments
+                    c.bytes[direction][mapping] += len(out) + (segments - 1) * hdr_len
+                else:
+                    c.packets[direction][mapping] += 1
+                    c.bytes[direction][mapping] += len(out)
+        if not forward:
+            c.dropped[verdict[2]] += 1
+            self._count_icmp_error(verdict[1])
 
     def _count_icmp_error(self, outs: tuple[bytes, ...]) -> None:
         for out in outs:

@@ -179,8 +179,11 @@ def test_gro_forwarding_builds_superpackets_and_features_come_back(
     outcomes: list[tuple[str, str]] = []
     total = PER_SEND * SENDS
     for _ in range(5):  # bounded: GRO merges only what is queued when NAPI polls
-        lengths = udp_lengths_on_tun(dlab, lambda: outcomes.append(exchange(dlab, total, "plain")))
-        # Client -> device lengths above one datagram are GRO's work.
+        lengths = udp_lengths_on_tun(
+            dlab, lambda: outcomes.append(exchange(dlab, total, "plain")), towards=DEVICE6
+        )
+        # Client -> device lengths above one datagram on the way in are GRO's work
+        # (the worker's own UDP trains leave towards the device's IPv4 address).
         merged += [n for n in lengths if n > DATAGRAM]
         if merged:
             break

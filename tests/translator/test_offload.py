@@ -14,8 +14,8 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, TCP, UDP, IPOption
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.packet import Raw, raw
 from tr_testlib import CAM4, CAM6, CLIENT6, make_translator
 
@@ -29,10 +29,14 @@ from translator.offload import (
     GSO_TCPV6,
     GSO_UDP_L4,
     NO_VNET,
+    UDP_TRAIN_MAX,
     VNET_HDR,
+    coalesce_udp,
     complete_checksum,
     finish,
     prepare,
+    segment_ids_v4,
+    udp_train_key,
 )
 
 
@@ -206,6 +210,9 @@ def segment_udp_like_kernel(hdr: bytes, body: bytes) -> list[bytes]:
         head = bytearray(body[:hdr_len])
         if head[0] >> 4 == 4:
             struct.pack_into("!H", head, 2, start + new_len)
+            # inet_gso_segment: each segment's Identification is the next one.
+            ident = struct.unpack_from("!H", body, 4)[0]
+            struct.pack_into("!H", head, 4, (ident + i // gso_size) & 0xFFFF)
             struct.pack_into("!H", head, 10, 0)  # scapy recomputes the header checksum
         else:
             struct.pack_into("!H", head, 4, new_len)
@@ -330,3 +337,101 @@ def test_prepare_never_raises_on_any_frame(
     frame = VNET_HDR.pack(flags, gso, 0, 1400, csum_start, csum_offset) + bytes((first,)) + tail
     pkt, offset, _gso = prepare(frame, lowest)
     assert isinstance(pkt, bytes) and offset >= 0
+
+
+# --- UDP trains: queued datagrams merged into one USO frame ----------------------------
+
+
+def udp_frame6(i: int, size: int = 64, sport: int = 40000, **ip: object) -> bytes:
+    pkt = raw(
+        IPv6(src=CLIENT6, dst=CAM6, hlim=64, **ip)
+        / UDP(sport=sport, dport=5201)
+        / Raw(bytes([i & 0xFF]) * size)
+    )
+    return vnet(GSO_NONE, 40, 6) + partial(pkt, 40, 6)
+
+
+def udp_frame4(i: int, dst: str, size: int = 64, ident: int = 7, **ip: object) -> bytes:
+    pkt = raw(
+        IP(src=CAM4, dst=dst, ttl=64, id=ident, **ip)
+        / UDP(sport=5201, dport=40000)
+        / Raw(bytes([i & 0xFF]) * size)
+    )
+    return vnet(GSO_NONE, 20, 6) + partial(pkt, 20, 6)
+
+
+def test_train_keys_match_exactly_same_flow_same_size_partial_datagrams() -> None:
+    key = udp_train_key(udp_frame6(0))
+    assert key is not None and key == udp_train_key(udp_frame6(1))
+    assert udp_train_key(udp_frame6(0, size=65)) != key  # size differs
+    assert udp_train_key(udp_frame6(0, sport=1)) != key  # flow differs
+    assert udp_train_key(udp_frame6(0, tc=4)) != key  # header differs
+    finished = NO_VNET + udp_frame6(0)[VNET_HDR.size :]
+    assert udp_train_key(finished) is None  # a finished checksum is never dropped
+    assert udp_train_key(udp_frame6(0, size=1300)) is None  # its translation could need DF
+    frag = raw(IPv6(src=CLIENT6, dst=CAM6) / IPv6ExtHdrFragment() / UDP() / Raw(b"x" * 64))
+    assert udp_train_key(vnet(GSO_NONE, 48, 6) + frag) is None
+    # IPv4: the Identification may differ, nothing else; no options, no fragments.
+    k4 = udp_train_key(udp_frame4(0, "198.51.100.2", ident=1))
+    assert k4 is not None and k4 == udp_train_key(udp_frame4(5, "198.51.100.2", ident=2))
+    assert udp_train_key(udp_frame4(0, "198.51.100.2", flags="MF")) is None
+    assert udp_train_key(udp_frame4(0, "198.51.100.2", options=[IPOption(b"\x01" * 4)])) is None
+    tcp = raw(IPv6(src=CLIENT6, dst=CAM6) / TCP() / Raw(b"x" * 64))
+    assert udp_train_key(vnet(GSO_NONE, 40, 16) + tcp) is None
+
+
+@settings(deadline=None, max_examples=8)
+@given(count=st.integers(2, UDP_TRAIN_MAX), size=st.integers(1, 200))
+def test_a_v6_train_translates_to_the_datagrams_each_would_have_become(
+    count: int, size: int
+) -> None:
+    frames = [udp_frame6(i, size) for i in range(count)]
+    tr = make_translator()
+    alone = [tr.translate(prepare(f, 1280)[0], 1.0).packets[0] for f in frames]
+    merged = coalesce_udp(frames)
+    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    pkt, csum_offset, gso = prepare(merged, tr_gso.lowest_ipv6_mtu)
+    assert gso == GSO_UDP_L4
+    [out] = tr_gso.translate(pkt, 1.0).packets
+    out = segment_ids_v4(out, tr.reserve_idents(count))
+    hdr, body = joined(finish(out, csum_offset, gso, size))
+    segments = segment_udp_like_kernel(hdr, body)
+    assert len(segments) == count
+    idents = set()
+    for seg, single in zip(segments, alone, strict=True):
+        assert_valid_l4(seg)
+        got, want = IP(seg), IP(single)
+        assert bytes(got[UDP]) == bytes(want[UDP])  # ports, length, checksum, payload
+        assert (got.src, got.dst, got.ttl, got.tos, got.flags, got.frag) == (
+            want.src,
+            want.dst,
+            want.ttl,
+            want.tos,
+            want.flags,
+            want.frag,
+        )
+        idents.add(got.id)
+    assert len(idents) == count
+
+
+def test_a_v4_train_translates_to_the_datagrams_each_would_have_become() -> None:
+    tr = make_translator()
+    first = tr.translate(raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=40000, dport=5201)), 1.0)
+    lease = IP(first.packets[0]).src
+    frames = [udp_frame4(i, lease, 100, ident=i) for i in range(10)]
+    alone = [tr.translate(prepare(f, 1280)[0], 1.0).packets[0] for f in frames]
+    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    pkt, csum_offset, gso = prepare(coalesce_udp(frames), tr_gso.lowest_ipv6_mtu)
+    [out] = tr_gso.translate(pkt, 1.0).packets
+    hdr, body = joined(finish(out, csum_offset, gso, 100))
+    segments = segment_udp_like_kernel(hdr, body)
+    assert [IPv6(s) for s in segments] == [IPv6(a) for a in alone]
+    for seg in segments:
+        assert_valid_l4(seg)
+
+
+def test_reserved_identifications_wrap_and_follow_the_counter() -> None:
+    tr = make_translator()
+    tr._ident = 0xFFFE
+    assert tr.reserve_idents(4) == 0xFFFF
+    assert tr.next_ident() == 3
