@@ -85,20 +85,32 @@ def is_global4(a4: bytes) -> bool:
 
 
 class EamEntry:
-    """One explicit address mapping, with its precomputed lookup data."""
+    """One explicit address mapping, with its precomputed lookup data.
 
-    __slots__ = ("index", "net6", "net4", "p6", "p4", "shift6", "shift4", "smask", "delta")
+    Only integers: with 10,000 mappings the ``ipaddress`` network objects the
+    entries used to hold were most of the worker's memory (a /32 or /128 network
+    carries its own address object and a ``hosts`` closure).  ``net6``/``net4``
+    rebuild them for the rare caller that wants one.
+    """
+
+    __slots__ = ("index", "p6", "p4", "shift6", "shift4", "smask", "delta")
 
     def __init__(self, index: int, net6: ipaddress.IPv6Network, net4: ipaddress.IPv4Network):
         self.index = index
-        self.net6 = net6
-        self.net4 = net4
         self.p6 = int(net6.network_address)
         self.p4 = int(net4.network_address)
         self.shift6 = 128 - net6.prefixlen
         self.shift4 = 32 - net4.prefixlen
         self.smask = (1 << self.shift6) - 1
         self.delta = delta(net6.network_address.packed, net4.network_address.packed)
+
+    @property
+    def net6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network((self.p6, 128 - self.shift6))
+
+    @property
+    def net4(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network((self.p4, 32 - self.shift4))
 
 
 def _net6(value: NetLike6, where: str) -> ipaddress.IPv6Network:
@@ -212,8 +224,8 @@ class Tables:
         r4: dict[int, dict[int, EamEntry]] = {}
         for e in entries:
             if e.shift6 == 0:
-                a6 = e.net6.network_address.packed
-                a4 = e.net4.network_address.packed
+                a6 = e.p6.to_bytes(16, "big")
+                a4 = e.p4.to_bytes(4, "big")
                 host6[a6] = (a4, e.delta, e.index)
                 host4[a4] = (a6, e.delta, e.index)
             else:
@@ -330,7 +342,8 @@ class Tables:
 
     def eam_overlaps4(self, net: ipaddress.IPv4Network) -> int:
         """Index of the first EAM entry whose IPv4 side overlaps ``net``, or -1."""
+        first, last = int(net.network_address), int(net.broadcast_address)
         for e in self.eam:
-            if e.net4.overlaps(net):
+            if e.p4 <= last and first <= e.p4 | ((1 << e.shift4) - 1):
                 return e.index
         return -1
