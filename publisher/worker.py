@@ -65,10 +65,14 @@ _LEN = struct.Struct("!I")
 
 @dataclass(frozen=True)
 class Plane:
-    """Everything the data plane needs from a config; small, picklable, comparable."""
+    """Everything the data plane needs from a config; small, picklable, comparable.
+
+    The EAM table is read off ``mappings`` (same order, same strings) rather
+    than kept twice: with 10,000 mappings every copy costs each process
+    megabytes.
+    """
 
     settings: TranslatorSettings
-    eam: tuple[tuple[str, str], ...]
     prefix: str | None
     mappings: tuple[MappingInfo, ...]
     pool4: str
@@ -92,7 +96,7 @@ class Plane:
 
     def tables(self) -> Tables:
         """Build the lookup tables (ValueError names the offending entry)."""
-        return Tables.build(eam=list(self.eam), prefix=self.prefix)
+        return Tables.build(eam=[(m.ipv6, m.ipv4) for m in self.mappings], prefix=self.prefix)
 
     @property
     def pool_table_key(self) -> tuple[Any, ...]:
@@ -173,7 +177,6 @@ def plane_from_config(cfg: Config) -> Plane:
     )
     return Plane(
         settings=settings,
-        eam=tuple((str(m.ipv6), str(m.ipv4)) for m in cfg.mappings),
         prefix=str(tr.prefix) if tr.prefix is not None else None,
         mappings=tuple(
             MappingInfo(m.name, str(m.ipv6), str(m.ipv4), m.hostname) for m in cfg.mappings
@@ -423,8 +426,9 @@ class Worker:
         pool = self.pool
         # The pool's counters are this worker's own (they add up over workers); its
         # gauges and lease list describe the one table, so only the owner reports them.
+        # No mappings: the supervisor's part carries them (Snapshot.merge), and 10,000
+        # of them pickled on every scrape would only be thrown away there.
         return Snapshot(
-            mappings=list(self.plane.mappings),
             packets=totals.packets,
             bytes=totals.bytes,
             dropped=dropped,
