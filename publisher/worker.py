@@ -11,7 +11,9 @@ Supervisor and worker talk over a socketpair with length-prefixed pickles
 
 * ``("snapshot",)``  -> a :class:`~publisher.snapshot.Snapshot` of the counters,
   the pool and the leases, built between two packet batches;
-* ``("apply", plane)`` -> swap in new tables/settings from a :class:`Plane`;
+* ``("apply", plane, tables)`` -> swap in new settings from a :class:`Plane` and
+  the :class:`~translator.Tables` the supervisor built from it (pickled on
+  their own, see :func:`pack_tables`);
 * ``("stop",)``      -> save the leases and exit.
 
 The worker exits on its own, after saving the leases, when the supervisor
@@ -194,6 +196,11 @@ def plane_from_config(cfg: Config) -> Plane:
 # -- framing --------------------------------------------------------------------------
 
 
+def pack_tables(tables: Tables) -> bytes:
+    """``tables`` as the supervisor sends them to the workers (``pickle.loads`` undoes it)."""
+    return pickle.dumps(tables, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def send_message(sock: socket.socket, obj: Any) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(_LEN.pack(len(data)) + data)
@@ -297,6 +304,7 @@ class Worker:
         fd: int,
         offloads: int,
         plane: Plane,
+        tables: Tables,
         channel: socket.socket,
         index: int = 0,
         table: SharedTable | None = None,
@@ -315,9 +323,7 @@ class Worker:
             self._restore_leases()
         self.counters = Counters(len(plane.mappings))
         self.totals = Totals()
-        self.datapath = DataPath(
-            fd, Translator(plane.settings, plane.tables(), self.pool), self.counters
-        )
+        self.datapath = DataPath(fd, Translator(plane.settings, tables, self.pool), self.counters)
         self._install(plane.settings, self.datapath.translator.tables)
         self.stopping = False
 
@@ -363,17 +369,13 @@ class Worker:
         if command == "snapshot":
             return self.snapshot()
         if command == "apply":
-            return self.apply(message[1])
+            return self.apply(message[1], pickle.loads(message[2]))
         if command == "stop":
             self.stopping = True
             return "ok"
         return ("error", f"unknown worker command {command!r}")
 
-    def apply(self, plane: Plane) -> tuple[str, str]:
-        try:
-            tables = plane.tables()
-        except ValueError as exc:
-            return ("error", str(exc))
+    def apply(self, plane: Plane, tables: Tables) -> tuple[str, str]:
         old = self.plane
         self.totals.absorb([m.name for m in old.mappings], self.counters)
         self.counters = Counters(len(plane.mappings))
@@ -526,13 +528,15 @@ def worker_main(channel: socket.socket) -> int:
     message = recv_message(channel)
     if message[0] != "init":
         return 1
-    _, plane, offloads, level, index = message
+    _, plane, tables, offloads, level, index = message
     from publisher.logs import setup_logging
 
     setup_logging(logging.getLevelName(level))
     trim_memory()
     table = SharedTable.attach(fds[1]) if len(fds) > 1 else None
-    return Worker(fds[0], offloads, plane, channel, index, table).serve_forever()
+    worker = Worker(fds[0], offloads, plane, pickle.loads(tables), channel, index, table)
+    del message, plane, tables  # the worker holds what it keeps
+    return worker.serve_forever()
 
 
 def trim_memory() -> None:
@@ -579,6 +583,7 @@ class WorkerHandle:
         fd: int,
         offloads: int,
         plane: Plane,
+        tables: bytes,
         level: int,
         index: int = 0,
         table_fd: int = -1,
@@ -588,7 +593,7 @@ class WorkerHandle:
         plane; wait until it serves."""
         self.channel.settimeout(timeout)
         socket.send_fds(self.channel, [b"F"], [fd] if table_fd < 0 else [fd, table_fd])
-        send_message(self.channel, ("init", plane, offloads, level, index))
+        send_message(self.channel, ("init", plane, tables, offloads, level, index))
         hello = recv_message(self.channel)
         if hello[0] != "ready":
             raise RuntimeError(f"worker sent {hello!r} instead of ready")
