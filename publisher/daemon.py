@@ -44,6 +44,7 @@ from publisher.worker import (
     SharedTable,
     WorkerHandle,
     pack_tables,
+    pin_mmap_threshold,
     plane_from_config,
     trim_memory,
 )
@@ -149,6 +150,7 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        pin_mmap_threshold()
         # Fork the data-plane workers first, while this process is still small.
         for _ in range(peek_workers(self.config_path)):
             self.workers.append(WorkerHandle())
