@@ -2,16 +2,16 @@
 
     sudo .venv/bin/python bench/memory.py [--only-mappings]
 
-Prints a Markdown table (supervisor RSS, worker RSS, RSS total, PSS total) for:
+Prints a Markdown table (supervisor RSS, worker RSS, RSS sum, PSS sum) for:
 idle with the three mappings of a ``mappings.yaml.example``-like config;
 during an iperf3 TCP run through a mapping; with 200 pool4 leases (UDP from
-200 client addresses); and idle with 10,000 mappings after one metrics
-scrape.  RSS counts the pages the forked worker still shares with the
-supervisor in both processes; PSS (``/proc/PID/smaps_rollup``) splits each
-shared page between its users, so the PSS sum is what the daemon really
-costs.  ``--only-mappings`` skips the traffic rows (no iperf3 load on a
-shared machine).  The numbers feed docs/install-openwrt.md and
-docs/benchmarks.md.
+200 client addresses); and with 10,000 mappings, after one metrics scrape
+and after twenty (a scrape's garbage sets a high-water mark).  RSS counts
+the pages the forked worker still shares with the supervisor in both
+processes; PSS (``/proc/PID/smaps_rollup``) splits each shared page between
+its users, so the PSS sum is what the daemon really costs.
+``--only-mappings`` skips the traffic rows (no iperf3 load on a shared
+machine).  The numbers feed docs/install-openwrt.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -53,10 +53,14 @@ def scrape(net: HomeRouterLab) -> None:
     net.router.run([sys.executable, "-c", code])
 
 
-def many_mappings(net: HomeRouterLab, tmp: Path, mappings: int) -> tuple[list[float], float]:
+def many_mappings(
+    net: HomeRouterLab, tmp: Path, mappings: int, scrapes: int = 1
+) -> tuple[list[float], float]:
     proc = start_revnat64(net, tmp, mappings=mappings, metrics=True)
     try:
-        scrape(net)
+        for _ in range(scrapes):
+            scrape(net)
+            time.sleep(0.5)
         time.sleep(1)
         return processes(net.router)
     finally:
@@ -127,6 +131,7 @@ def main() -> int:
         else:
             rows.extend(traffic_rows(net, tmp))
         rows.append(("idle, 10,000 mappings, after a scrape", many_mappings(net, tmp, 10000)))
+        rows.append(("10,000 mappings, after 20 scrapes", many_mappings(net, tmp, 10000, 20)))
     print("| state | supervisor RSS | worker RSS | RSS sum | PSS sum |")
     print("| --- | --- | --- | --- | --- |")
     for state, (values, pss) in rows:
