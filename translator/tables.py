@@ -85,20 +85,32 @@ def is_global4(a4: bytes) -> bool:
 
 
 class EamEntry:
-    """One explicit address mapping, with its precomputed lookup data."""
+    """One explicit address mapping, with its precomputed lookup data.
 
-    __slots__ = ("index", "net6", "net4", "p6", "p4", "shift6", "shift4", "smask", "delta")
+    Only integers: with 10,000 mappings the ``ipaddress`` network objects the
+    entries used to hold were most of the worker's memory (a /32 or /128 network
+    carries its own address object and a ``hosts`` closure).  ``net6``/``net4``
+    rebuild them for the rare caller that wants one.
+    """
 
-    def __init__(self, index: int, net6: ipaddress.IPv6Network, net4: ipaddress.IPv4Network):
+    __slots__ = ("index", "p6", "p4", "shift6", "shift4", "smask", "delta")
+
+    def __init__(self, index: int, p6: int, p4: int, shift: int, delta: int) -> None:
         self.index = index
-        self.net6 = net6
-        self.net4 = net4
-        self.p6 = int(net6.network_address)
-        self.p4 = int(net4.network_address)
-        self.shift6 = 128 - net6.prefixlen
-        self.shift4 = 32 - net4.prefixlen
-        self.smask = (1 << self.shift6) - 1
-        self.delta = delta(net6.network_address.packed, net4.network_address.packed)
+        self.p6 = p6
+        self.p4 = p4
+        self.shift6 = shift
+        self.shift4 = shift
+        self.smask = (1 << shift) - 1
+        self.delta = delta
+
+    @property
+    def net6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network((self.p6, 128 - self.shift6))
+
+    @property
+    def net4(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network((self.p4, 32 - self.shift4))
 
 
 def _net6(value: NetLike6, where: str) -> ipaddress.IPv6Network:
@@ -136,10 +148,10 @@ class Tables:
     """EAM table plus optional RFC 6052 prefix.  Build with ``Tables.build``."""
 
     __slots__ = (
-        "eam",
         "prefix",
         "_host6",
         "_host4",
+        "_ranges",
         "_ranges6",
         "_ranges4",
         "_plen",
@@ -149,10 +161,12 @@ class Tables:
         "_wkp",
     )
 
-    eam: tuple[EamEntry, ...]
     prefix: ipaddress.IPv6Network | None
+    # Host entries (/128 <-> /32) exist only as these dict items: an EamEntry
+    # object per host mapping would double the table's memory with 10,000 of them.
     _host6: dict[bytes, Mapping]
     _host4: dict[bytes, Mapping]
+    _ranges: tuple[EamEntry, ...]
     _ranges6: tuple[tuple[int, dict[int, EamEntry]], ...]
     _ranges4: tuple[tuple[int, dict[int, EamEntry]], ...]
     _plen: int
@@ -195,32 +209,44 @@ class Tables:
                     f"eam[{i}]: {net6} is inside the well-known prefix {WKP} but {net4} is "
                     "not global (RFC 6052 §3.1)"
                 )
-            entries.append(EamEntry(i, net6, net4))
+            a6, a4 = net6.network_address.packed, net4.network_address.packed
+            entries.append(
+                EamEntry(
+                    i,
+                    int.from_bytes(a6, "big"),
+                    int.from_bytes(a4, "big"),
+                    32 - net4.prefixlen,
+                    delta(a6, a4),
+                )
+            )
         _check_overlap(
             [(e.p6, e.p6 | e.smask, e.index) for e in entries],
             "IPv6",
         )
         _check_overlap(
-            [(e.p4, e.p4 | ((1 << e.shift4) - 1), e.index) for e in entries],
+            [(e.p4, e.p4 | e.smask, e.index) for e in entries],
             "IPv4",
         )
-        self.eam = tuple(entries)
 
         host6: dict[bytes, Mapping] = {}
         host4: dict[bytes, Mapping] = {}
         r6: dict[int, dict[int, EamEntry]] = {}
         r4: dict[int, dict[int, EamEntry]] = {}
+        ranges: list[EamEntry] = []
         for e in entries:
             if e.shift6 == 0:
-                a6 = e.net6.network_address.packed
-                a4 = e.net4.network_address.packed
+                a6 = e.p6.to_bytes(16, "big")
+                a4 = e.p4.to_bytes(4, "big")
                 host6[a6] = (a4, e.delta, e.index)
                 host4[a4] = (a6, e.delta, e.index)
             else:
+                ranges.append(e)
                 r6.setdefault(e.shift6, {})[e.p6 >> e.shift6] = e
                 r4.setdefault(e.shift4, {})[e.p4 >> e.shift4] = e
+        del entries  # the host entries live on as dict items only
         self._host6 = host6
         self._host4 = host4
+        self._ranges = tuple(ranges)
         self._ranges6 = tuple(sorted(r6.items()))  # smallest shift = longest prefix first
         self._ranges4 = tuple(sorted(r4.items()))
 
@@ -328,9 +354,20 @@ class Tables:
                 return (a6, d, -1)
         return None
 
+    @property
+    def eam(self) -> tuple[EamEntry, ...]:
+        """Every EAM entry in index order, rebuilt on each read (for tests and tools)."""
+        hosts = [
+            EamEntry(i, int.from_bytes(a6, "big"), int.from_bytes(a4, "big"), 0, d)
+            for a6, (a4, d, i) in self._host6.items()
+        ]
+        return tuple(sorted([*hosts, *self._ranges], key=lambda e: e.index))
+
     def eam_overlaps4(self, net: ipaddress.IPv4Network) -> int:
         """Index of the first EAM entry whose IPv4 side overlaps ``net``, or -1."""
-        for e in self.eam:
-            if e.net4.overlaps(net):
-                return e.index
-        return -1
+        first, last = int(net.network_address), int(net.broadcast_address)
+        found = [
+            i for a4, (_, _, i) in self._host4.items() if first <= int.from_bytes(a4, "big") <= last
+        ]
+        found += [e.index for e in self._ranges if e.p4 <= last and first <= e.p4 | e.smask]
+        return min(found, default=-1)
