@@ -542,8 +542,19 @@ def worker_main(channel: socket.socket) -> int:
     return worker.serve_forever()
 
 
-M_MMAP_THRESHOLD = -3  # mallopt(3)'s parameter number in glibc's <malloc.h>
+# glibc mallopt(3) parameter numbers (<malloc.h>).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
+# A TSO super-packet is up to 64 KiB, and each one briefly allocates a few
+# buffers that size. With a 128 KiB trim threshold a free at the top of the
+# heap shrinks it (brk) and the next packet grows it again, page faults and
+# page clearing included. (glibc raises its thresholds by itself only after
+# the process frees a large mmap-ed block, which a process compiling its
+# modules from source did at start-up and one loading .pyc files did not:
+# that alone moved TCP throughput by 25-45% between identical runs.) The
+# worker keeps up to 1 MiB of free heap instead, whatever its history.
+PACKET_HEAP_KEEP = 1 << 20
 
 
 def pin_mmap_threshold() -> None:
@@ -554,7 +565,7 @@ def pin_mmap_threshold() -> None:
     10,000 mappings) such blocks come from the heap, which keeps the pages.
     Pinned, every large block goes back to the OS when it is freed (measured
     with 10,000 mappings: the worker stays at 26 MiB instead of growing to
-    30 MiB over a few scrapes).  Nothing on the packet path is that large.
+    30 MiB over a few scrapes). Packet buffers (at most 64 KiB) stay below it.
     Forked workers inherit the setting.
     """
     import ctypes
@@ -565,26 +576,11 @@ def pin_mmap_threshold() -> None:
         pass
 
 
-# glibc mallopt(3) parameters.
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-# A TSO super-packet is up to 64 KiB, and each one briefly allocates a few
-# buffers that size. With glibc's static defaults (128 KiB) a free at the top
-# of the heap shrinks it (brk) and the next packet grows it again, page faults
-# and page clearing included. glibc raises both thresholds by itself only
-# after the process frees a large mmap-ed block, which a process compiling its
-# modules from source did at start-up and one loading .pyc files did not:
-# that alone moved TCP throughput by 25-45% between identical runs. Fixed
-# thresholds make the packet path independent of start-up history.
-PACKET_HEAP_KEEP = 8 << 20
-PACKET_MMAP_THRESHOLD = 1 << 20
-
-
 def trim_memory(packet_heap: bool = False) -> None:
     """Hand freed heap back to the kernel (glibc keeps it otherwise); best effort.
 
-    With ``packet_heap`` (the worker), also stop glibc from trimming the heap
-    top or mmap-ing buffers of super-packet size on the packet path.
+    With ``packet_heap`` (the worker), also keep PACKET_HEAP_KEEP of free heap
+    so that super-packet buffers do not shrink and regrow the heap per packet.
     """
     import ctypes
     import gc
@@ -594,7 +590,7 @@ def trim_memory(packet_heap: bool = False) -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim(0)
         if packet_heap:
-            libc.mallopt(M_MMAP_THRESHOLD, PACKET_MMAP_THRESHOLD)
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
             libc.mallopt(M_TRIM_THRESHOLD, PACKET_HEAP_KEEP)
     except (OSError, AttributeError):
         pass
