@@ -73,7 +73,8 @@ _LE16 = struct.Struct("<H")
 # whose translation stays within the smallest size both families must carry
 # unfragmented, so coalescing never changes a fragmentation or DF decision.
 UDP_TRAIN_MAX = 64
-UDP_TRAIN_MAX_PACKET = 1260
+DF_THRESHOLD = 1260  # RFC 7915 §5.1: larger translated IPv4 packets get DF
+UDP_TRAIN_MAX_PACKET = DF_THRESHOLD
 
 
 def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
@@ -255,10 +256,31 @@ def coalesce_udp(frames: list[bytes]) -> bytes:
     return b"".join([vnet, ip, udp, *[f[l4 + 8 :] for f in frames]])
 
 
+def df_free_segments_v4(out: bytes, gso_size: int) -> int:
+    """How many segments the kernel will cut IPv4 super-packet ``out`` into,
+    when each is small enough that RFC 7915 §5.1 wants it sent with DF clear
+    (at most 1260 bytes, as after a 1280-byte IPv6 path); else 0.
+
+    The core saw one large packet and set DF; a client behind a 1280-byte
+    link sends TCP segments (or UDP trains) whose own translations would not.
+    """
+    if out[0] != 0x45 or gso_size <= 0:
+        return 0
+    if out[9] == PROTO_TCP:
+        hdr_len = 20 + (out[32] >> 4) * 4
+    elif out[9] == PROTO_UDP:
+        hdr_len = 28
+    else:
+        return 0
+    if hdr_len + gso_size > DF_THRESHOLD or len(out) <= hdr_len:
+        return 0
+    return -(-(len(out) - hdr_len) // gso_size)
+
+
 def segment_ids_v4(out: bytes, ident: int) -> bytes:
     """An IPv4 super-packet whose segments all stay within RFC 7915's DF limit:
     DF cleared and the Identification set to ``ident``, which the kernel
-    increments per segment (RFC 7915 §5.1, RFC 6864 §4.2), as if each datagram
+    increments per segment (RFC 7915 §5.1, RFC 6864 §4.2), as if each segment
     had been translated on its own. The header checksum is recomputed.
     """
     head = out[:4] + U16.pack(ident) + b"\0\0" + out[8:10] + b"\0\0" + out[12:20]

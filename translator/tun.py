@@ -28,6 +28,7 @@ from translator.offload import (
     UDP_TRAIN_MAX,
     VNET_HDR_LEN,
     coalesce_udp,
+    df_free_segments_v4,
     finish,
     gso_size_of,
     prepare,
@@ -259,17 +260,15 @@ class DataPath:
 
     def send_train(self, train: list[bytes], now: float) -> None:
         """Send a UDP train: alone if it is one datagram, else as one USO super-packet."""
-        if len(train) == 1:
-            self.send_frame(train[0], now)
-        else:
-            self.send_frame(coalesce_udp(train), now, len(train))
+        self.send_frame(train[0] if len(train) == 1 else coalesce_udp(train), now)
 
-    def send_frame(self, data: bytes, now: float, train: int = 0) -> None:
+    def send_frame(self, data: bytes, now: float) -> None:
         """Translate one frame read with a virtio-net header, write and count the result.
 
-        ``train`` is the number of datagrams a coalesced UDP frame carries: an
-        IPv4 result then gets DF clear and one Identification per datagram,
-        as each would have had on its own.
+        An IPv4 super-packet whose segments are small enough for DF to be
+        clear (offload.df_free_segments_v4: a UDP train, or TCP from a client
+        behind a 1280-byte link) gets DF clear and one Identification per
+        segment, as each would have had on its own.
         """
         c = self.counters
         if len(data) <= VNET_HDR_LEN:
@@ -289,8 +288,10 @@ class DataPath:
         gso_size = gso_size_of(data) if gso else 0
         mapping = verdict[3]
         for out in verdict[1]:
-            if train and forward and out[0] == 0x45:
-                out = segment_ids_v4(out, self.translator.reserve_idents(train))
+            if gso_size and forward:
+                small = df_free_segments_v4(out, gso_size)
+                if small:
+                    out = segment_ids_v4(out, self.translator.reserve_idents(small))
             iov = finish(out, csum_offset if forward else 0, gso, gso_size)
             try:
                 os.writev(self.fd, iov)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP, IPOption
@@ -33,6 +34,7 @@ from translator.offload import (
     VNET_HDR,
     coalesce_udp,
     complete_checksum,
+    df_free_segments_v4,
     finish,
     prepare,
     segment_ids_v4,
@@ -393,6 +395,7 @@ def test_a_v6_train_translates_to_the_datagrams_each_would_have_become(
     pkt, csum_offset, gso = prepare(merged, tr_gso.lowest_ipv6_mtu)
     assert gso == GSO_UDP_L4
     [out] = tr_gso.translate(pkt, 1.0).packets
+    assert df_free_segments_v4(out, size) == count
     out = segment_ids_v4(out, tr.reserve_idents(count))
     hdr, body = joined(finish(out, csum_offset, gso, size))
     segments = segment_udp_like_kernel(hdr, body)
@@ -435,3 +438,35 @@ def test_reserved_identifications_wrap_and_follow_the_counter() -> None:
     tr._ident = 0xFFFE
     assert tr.reserve_idents(4) == 0xFFFF
     assert tr.next_ident() == 3
+
+
+@pytest.mark.parametrize(
+    "mss, want_df_free",
+    [(1208, True), (1209, False), (1448, False)],  # 20 + 32 + 1208 = 1260
+)
+def test_tcp_super_packet_segments_within_1260_bytes_leave_with_df_clear(
+    mss: int, want_df_free: bool
+) -> None:
+    tr = make_translator()
+    payload = bytes(range(256)) * 40  # 10240 bytes
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]  # 12 bytes: doff 8
+    pkt = raw(
+        IPv6(src=CLIENT6, dst=CAM6, hlim=64)
+        / TCP(sport=40000, dport=80, flags="A", options=opts)
+        / Raw(payload)
+    )
+    pkt = partial(pkt, 40, 16)
+    header = vnet(GSO_TCPV6, 40, 16, mss, 72)
+    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    prepared, csum_offset, gso = prepare(header + pkt, tr_gso.lowest_ipv6_mtu)
+    [out] = tr_gso.translate(prepared, 1.0).packets
+    assert IP(out).flags.DF  # the core saw one large packet
+    segments = df_free_segments_v4(out, mss)
+    assert bool(segments) is want_df_free
+    if segments:
+        assert segments == -(-len(payload) // mss)
+        fixed = IP(segment_ids_v4(out, tr.reserve_idents(segments)))
+        assert not fixed.flags.DF and fixed.id == 1 and fixed.len == len(out)
+        del fixed.chksum
+        assert IP(segment_ids_v4(out, 1)).chksum == IP(bytes(fixed)).chksum
+    assert df_free_segments_v4(out, 0) == 0
