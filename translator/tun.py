@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from translator import Action, DropReason, Translator
+from translator import Action, DropReason, Translator, Verdict
 from translator.offload import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -259,11 +259,39 @@ class DataPath:
         return count
 
     def send_train(self, train: list[bytes], now: float) -> None:
-        """Send a UDP train: alone if it is one datagram, else as one USO super-packet."""
-        self.send_frame(train[0] if len(train) == 1 else coalesce_udp(train), now)
+        """Send a UDP train: alone if it is one datagram, else as one USO super-packet.
+
+        A train the translator does not forward (no mapping, a refused lease,
+        hop limit...) is sent again datagram by datagram, so that drops are
+        counted and ICMP errors quote packets exactly as without trains.
+        """
+        if len(train) == 1:
+            self.send_frame(train[0], now)
+            return
+        merged = coalesce_udp(train)
+        pkt, csum_offset, gso = prepare(merged, self.translator.lowest_ipv6_mtu)
+        assert self.gso_translator is not None
+        verdict = self.gso_translator.translate(pkt, now)
+        if verdict[0] is not Action.FORWARD:
+            for frame in train:
+                self.send_frame(frame, now)
+            return
+        self.emit(verdict, pkt, csum_offset, gso, gso_size_of(merged))
 
     def send_frame(self, data: bytes, now: float) -> None:
-        """Translate one frame read with a virtio-net header, write and count the result.
+        """Translate one frame read with a virtio-net header, write and count the result."""
+        if len(data) <= VNET_HDR_LEN:
+            self.counters.dropped[DropReason.MALFORMED] += 1
+            return
+        pkt, csum_offset, gso = prepare(data, self.translator.lowest_ipv6_mtu)
+        assert self.gso_translator is not None
+        verdict = (
+            self.gso_translator.translate(pkt, now) if gso else self.translator.translate(pkt, now)
+        )
+        self.emit(verdict, pkt, csum_offset, gso, gso_size_of(data) if gso else 0)
+
+    def emit(self, verdict: Verdict, pkt: bytes, csum_offset: int, gso: int, gso_size: int) -> None:
+        """Write and count what the translator made of ``pkt`` (read with a vnet header).
 
         An IPv4 super-packet whose segments are small enough for DF to be
         clear (offload.df_free_segments_v4: a UDP train, or TCP from a client
@@ -271,21 +299,12 @@ class DataPath:
         segment, as each would have had on its own.
         """
         c = self.counters
-        if len(data) <= VNET_HDR_LEN:
-            c.dropped[DropReason.MALFORMED] += 1
-            return
-        pkt, csum_offset, gso = prepare(data, self.translator.lowest_ipv6_mtu)
-        assert self.gso_translator is not None
-        verdict = (
-            self.gso_translator.translate(pkt, now) if gso else self.translator.translate(pkt, now)
-        )
         action = verdict[0]
         if action is Action.DROP:
             c.dropped[verdict[2]] += 1
             return
         forward = action is Action.FORWARD
         direction = DIRECTION_6TO4 if pkt[0] >> 4 == 6 else DIRECTION_4TO6
-        gso_size = gso_size_of(data) if gso else 0
         mapping = verdict[3]
         for out in verdict[1]:
             if gso_size and forward:
