@@ -130,7 +130,7 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         return drop(DropReason.UNSUPPORTED_PROTOCOL)
     if ihl > 20 and has_source_route(pkt, ihl):
         # RFC 7915 §4.1: unexpired source route -> Destination Unreachable code 5.
-        return tr.error4(pkt[:total], now, 3, 5, 0, DropReason.SOURCE_ROUTE, -1, is_error)
+        return tr.error(pkt[:total], now, 3, 5, 0, DropReason.SOURCE_ROUTE, -1, is_error)
 
     tables = tr._tables
     msrc = tables.lookup4(src4)
@@ -151,13 +151,13 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         # A pool4 address without an active lease names nobody, whatever the prefix says.
         mdst = None if tr.pool.contains4(dst4) else tables.lookup4(dst4)
         if mdst is None:
-            return tr.error4(pkt[:total], now, 3, 1, 0, DropReason.NO_MAPPING, index, is_error)
+            return tr.error(pkt[:total], now, 3, 1, 0, DropReason.NO_MAPPING, index, is_error)
         if mdst[2] >= 0:
             return drop(DropReason.HAIRPIN, index)
         dst6, ddelta, _ = mdst
     if ttl <= 1:
         # RFC 7915 §4.1: the translator is a router; Time Exceeded code 0.
-        return tr.error4(pkt[:total], now, 11, 0, 0, DropReason.TTL_EXCEEDED, index, is_error)
+        return tr.error(pkt[:total], now, 11, 0, 0, DropReason.TTL_EXCEEDED, index, is_error)
     if is_error:
         return translate_icmp4_error(tr, payload, src6, dst6, index, tos, ttl)
 
@@ -204,7 +204,7 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         if size > tr.mtu:
             # RFC 1191 / RFC 7915 §4.1: report the IPv4-equivalent of the IPv6 MTU.
             mtu4 = tr.mtu - (size - plen - 20)
-            return tr.error4(pkt[:total], now, 3, 4, mtu4, DropReason.FRAG_NEEDED, index, False)
+            return tr.error(pkt[:total], now, 3, 4, mtu4, DropReason.FRAG_NEEDED, index, False)
     elif size > tr.lowest_ipv6_mtu:
         if csum_at >= 0:
             payload = splice_u16(b"", pkt, ihl, csum_at, csum, total)

@@ -157,7 +157,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     if segments_left >= 0:
         # RFC 7915 §5.1: Routing header with Segments Left != 0 -> Parameter Problem
         # code 0 pointing at the Segments Left field.
-        return tr.error6(
+        return tr.error(
             pkt[:end],
             now,
             ICMP6_PARAM_PROBLEM,
@@ -185,7 +185,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     mdst = tables.lookup6(dst6)
     if mdst is None:
         # RFC 7915 §5.4 / RFC 4443 §3.1 code 3: no IPv4 form for this destination.
-        return tr.error6(
+        return tr.error(
             pkt[:end], now, ICMP6_DEST_UNREACH, 3, 0, DropReason.NO_MAPPING, -1, is_error
         )
     dst4, ddelta, index = mdst
@@ -197,7 +197,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         return drop(DropReason.UNSUPPORTED_ICMP, index)
     if hlim <= 1:
         # RFC 7915 §5.1 Hop Limit: the translator is a router (RFC 4443 §3.3 code 0).
-        return tr.error6(
+        return tr.error(
             pkt[:end],
             now,
             ICMP6_TIME_EXCEEDED,
@@ -228,9 +228,9 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
                 return drop(DropReason.SPOOFED_SOURCE, index)
             got = tr.pool.allocate(src6, now)
             if got is DropReason.POOL_EXHAUSTED:
-                return tr.error6(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
+                return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
             if isinstance(got, DropReason):
-                return tr.error6(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
+                return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
             src4 = got.v4
             sdelta = got.delta
 
