@@ -175,7 +175,7 @@ class Translator:
         self.icmp_errors_rate_limited += 1
         return False
 
-    def error6(
+    def error(
         self,
         original: bytes,
         now: float,
@@ -186,53 +186,44 @@ class Translator:
         mapping: int,
         is_error: bool,
     ) -> Verdict:
-        """Drop ``original`` for ``reason`` and answer with an ICMPv6 error if allowed:
-        never about an ICMPv6 error, a multicast destination or an unusable source
-        (RFC 4443 §2.4(e)), and within the rate limit."""
-        src6 = original[8:24]
-        if is_error or original[24] == 0xFF or not acceptable_source6(src6):
-            return drop(reason, mapping)
-        if not self.allow_error(now):
-            return drop(reason, mapping)
-        self.icmp_errors_sent += 1
-        packet = build_icmp6_error(self.ipv6_packed, src6, icmp_type, code, rest, original)
-        return Verdict(Action.ICMP_ERROR, (packet,), reason, mapping)
-
-    def error4(
-        self,
-        original: bytes,
-        now: float,
-        icmp_type: int,
-        code: int,
-        rest: int,
-        reason: DropReason,
-        mapping: int,
-        is_error: bool,
-    ) -> Verdict:
-        """Drop ``original`` for ``reason`` and answer with an ICMPv4 error if allowed:
-        never about an ICMPv4 error or a non-first fragment, nor to or from a
-        multicast, broadcast, zero or loopback address (RFC 1812 §4.3.2.7), and within
-        the rate limit."""
-        src0 = original[12]
+        """Drop ``original`` for ``reason`` and answer it with an ICMP error of its own
+        family if allowed: never about an ICMP error, nor where ``may_answer6`` /
+        ``may_answer4`` say no, and within the rate limit."""
+        v6 = original[0] >> 4 == 6
         if (
             is_error
-            or original[6] & 0x1F
-            or original[7]
-            or src0 in (0, 127)
-            or src0 >= 224
-            or original[16] >= 224
+            or not (may_answer6(original) if v6 else may_answer4(original))
+            or not self.allow_error(now)
         ):
             return drop(reason, mapping)
-        if not self.allow_error(now):
-            return drop(reason, mapping)
         self.icmp_errors_sent += 1
-        packet = build_icmp4_error(
-            self.ipv4_packed,
-            original[12:16],
-            self.next_ident(),
-            icmp_type,
-            code,
-            rest,
-            original,
-        )
+        if v6:
+            packet = build_icmp6_error(
+                self.ipv6_packed, original[8:24], icmp_type, code, rest, original
+            )
+        else:
+            packet = build_icmp4_error(
+                self.ipv4_packed,
+                original[12:16],
+                self.next_ident(),
+                icmp_type,
+                code,
+                rest,
+                original,
+            )
         return Verdict(Action.ICMP_ERROR, (packet,), reason, mapping)
+
+
+def may_answer6(original: bytes) -> bool:
+    """RFC 4443 §2.4(e): no ICMPv6 error to a multicast destination's packet or to a
+    source that cannot be routed back."""
+    return original[24] != 0xFF and acceptable_source6(original[8:24])
+
+
+def may_answer4(original: bytes) -> bool:
+    """RFC 1812 §4.3.2.7: no ICMPv4 error about a non-first fragment, nor to or from a
+    multicast, broadcast, zero or loopback address."""
+    src0 = original[12]
+    return not (
+        original[6] & 0x1F or original[7] or src0 in (0, 127) or src0 >= 224 or original[16] >= 224
+    )

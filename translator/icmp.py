@@ -12,14 +12,16 @@ drop" (``DropReason.UNSUPPORTED_ICMP``).  ``kind`` says what to do with the 32-b
   with the pointer on the IPv6 Next Header field (offset 6);
 * ``KIND_MTU``      Fragmentation Needed <-> Packet Too Big, MTU recomputed.
 
-Also here: RFC 1191 plateau table, the RFC 4884 length attribute positions, and
-``build_icmp4_error`` / ``build_icmp6_error`` for errors the translator generates
-itself (RFC 7915 §4.4, §5.4; RFC 1812 §4.3.2.3; RFC 4443 §2.4).
+Also here: RFC 1191 plateau table, the RFC 4884 length attribute positions, the
+checksum work both directions do on echo messages and on the packets inside ICMP
+errors (``translate_echo``, ``adjust_inner_checksum``), and ``build_icmp4_error`` /
+``build_icmp6_error`` for errors the translator generates itself (RFC 7915 §4.4,
+§5.4; RFC 1812 §4.3.2.3; RFC 4443 §2.4).
 """
 
 from __future__ import annotations
 
-from .checksum import add, checksum, ones_sum
+from .checksum import add, adjust, checksum, fold, neg, ones_sum
 from .headers import (
     ICMP4_DEST_UNREACH,
     ICMP4_PARAM_PROBLEM,
@@ -34,6 +36,11 @@ from .headers import (
     IPV6_VERSION,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_CHECKSUM_OFFSET,
+    U16,
+    UDP_CHECKSUM_OFFSET,
     build_ipv4,
 )
 
@@ -142,6 +149,41 @@ def plateau_below(total_length: int) -> int:
     return PLATEAUS[-1]
 
 
+def icmp6_pseudo_sum(src6: bytes, dst6: bytes, length: int) -> int:
+    """Sum of the pseudo-header ICMPv6 checksums cover and ICMPv4 ones do not
+    (RFC 4443 §2.3): translating an ICMP message adds or removes exactly this."""
+    return fold(ones_sum(src6 + dst6) + length + PROTO_ICMPV6)
+
+
+def translate_echo(message: bytes, new_type: int, pseudo_delta: int) -> bytes:
+    """An Echo Request/Reply retyped to ``new_type`` (RFC 7915 §4.2, §5.2).
+
+    The checksum is adjusted by RFC 1624 for the type change plus ``pseudo_delta``:
+    the ICMPv6 pseudo-header sum going 4->6, its negation going 6->4.  Raises
+    ``struct.error`` when ``message`` is shorter than the checksum field."""
+    t = message[0]
+    c = adjust(U16.unpack_from(message, 2)[0], add(pseudo_delta, add(new_type << 8, neg(t << 8))))
+    return bytes((new_type, message[1])) + U16.pack(c) + message[4:]
+
+
+def adjust_inner_checksum(proto: int, payload: bytes, l4_delta: int) -> bytes:
+    """``payload`` with its TCP or UDP checksum adjusted by ``l4_delta`` (RFC 1624).
+
+    For the packet inside an ICMP error (RFC 7915 §4.3, §5.3), which may be cut
+    short: a checksum field that is not there is left alone, as is a UDP checksum
+    of 0 (none), and so is any payload of another protocol."""
+    if proto == PROTO_TCP:
+        if len(payload) >= TCP_CHECKSUM_OFFSET + 2:
+            c = adjust(U16.unpack_from(payload, TCP_CHECKSUM_OFFSET)[0], l4_delta)
+            return payload[:TCP_CHECKSUM_OFFSET] + U16.pack(c) + payload[TCP_CHECKSUM_OFFSET + 2 :]
+    elif proto == PROTO_UDP and len(payload) >= UDP_CHECKSUM_OFFSET + 2:
+        c = U16.unpack_from(payload, UDP_CHECKSUM_OFFSET)[0]
+        if c:
+            c = adjust(c, l4_delta) or 0xFFFF
+            return payload[:UDP_CHECKSUM_OFFSET] + U16.pack(c) + payload[UDP_CHECKSUM_OFFSET + 2 :]
+    return payload
+
+
 def split_rfc4884(body: bytes, length_attr: int, unit: int) -> tuple[bytes, bytes]:
     """Split an error body into (original datagram, extension structure).
 
@@ -188,8 +230,7 @@ def build_icmp6_error(
     body = original[: ICMP6_ERROR_MAX - 48]
     length = 8 + len(body)
     head = ICMP_FULL.pack(icmp_type, code, 0, rest)
-    pseudo = add(ones_sum(src6 + dst6), length + PROTO_ICMPV6)
-    csum = checksum(head + body, pseudo)
+    csum = checksum(head + body, icmp6_pseudo_sum(src6, dst6, length))
     return (
         IPV6.pack(IPV6_VERSION, length, PROTO_ICMPV6, GENERATED_TTL, src6, dst6)
         + head[:2]

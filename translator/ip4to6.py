@@ -31,10 +31,9 @@ summed in full, or dropped when configured; fragmented ones are always dropped
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
-from .checksum import add, adjust, checksum, delta, fold, neg, ones_sum
+from .checksum import add, adjust, checksum, delta, fold, ones_sum
 from .headers import (
     FRAG6,
     ICMP4_ERROR_TYPES,
@@ -72,9 +71,12 @@ from .icmp import (
     POINTER_4_TO_6,
     RFC4884_TYPES_4,
     RFC4884_TYPES_6,
+    adjust_inner_checksum,
+    icmp6_pseudo_sum,
     pad_rfc4884,
     plateau_below,
     split_rfc4884,
+    translate_echo,
 )
 from .verdict import DROP_MALFORMED, Action, DropReason, Verdict, drop
 
@@ -128,7 +130,7 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         return drop(DropReason.UNSUPPORTED_PROTOCOL)
     if ihl > 20 and has_source_route(pkt, ihl):
         # RFC 7915 §4.1: unexpired source route -> Destination Unreachable code 5.
-        return tr.error4(pkt[:total], now, 3, 5, 0, DropReason.SOURCE_ROUTE, -1, is_error)
+        return tr.error(pkt[:total], now, 3, 5, 0, DropReason.SOURCE_ROUTE, -1, is_error)
 
     tables = tr._tables
     msrc = tables.lookup4(src4)
@@ -149,13 +151,13 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         # A pool4 address without an active lease names nobody, whatever the prefix says.
         mdst = None if tr.pool.contains4(dst4) else tables.lookup4(dst4)
         if mdst is None:
-            return tr.error4(pkt[:total], now, 3, 1, 0, DropReason.NO_MAPPING, index, is_error)
+            return tr.error(pkt[:total], now, 3, 1, 0, DropReason.NO_MAPPING, index, is_error)
         if mdst[2] >= 0:
             return drop(DropReason.HAIRPIN, index)
         dst6, ddelta, _ = mdst
     if ttl <= 1:
         # RFC 7915 §4.1: the translator is a router; Time Exceeded code 0.
-        return tr.error4(pkt[:total], now, 11, 0, 0, DropReason.TTL_EXCEEDED, index, is_error)
+        return tr.error(pkt[:total], now, 11, 0, 0, DropReason.TTL_EXCEEDED, index, is_error)
     if is_error:
         return translate_icmp4_error(tr, payload, src6, dst6, index, tos, ttl)
 
@@ -188,13 +190,10 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         elif proto == PROTO_ICMP:
             # RFC 7915 §4.2: Echo (8/0) -> 128/129 with the pseudo-header added; other
             # informational messages have no IPv6 equivalent: silently dropped.
-            t = payload[0]
-            t6 = ECHO_4_TO_6.get(t)
+            t6 = ECHO_4_TO_6.get(payload[0])
             if t6 is None:
                 return drop(DropReason.UNSUPPORTED_ICMP, index)
-            pseudo = fold(ones_sum(src6 + dst6) + len(payload) + PROTO_ICMPV6)
-            c = adjust(U16.unpack_from(payload, 2)[0], add(pseudo, add(t6 << 8, neg(t << 8))))
-            payload = bytes((t6, payload[1])) + U16.pack(c) + payload[4:]
+            payload = translate_echo(payload, t6, icmp6_pseudo_sum(src6, dst6, len(payload)))
             nh = PROTO_ICMPV6
 
     # RFC 7915 §4.1: Traffic Class = TOS, Flow Label 0, Hop Limit = TTL - 1.
@@ -205,7 +204,7 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         if size > tr.mtu:
             # RFC 1191 / RFC 7915 §4.1: report the IPv4-equivalent of the IPv6 MTU.
             mtu4 = tr.mtu - (size - plen - 20)
-            return tr.error4(pkt[:total], now, 3, 4, mtu4, DropReason.FRAG_NEEDED, index, False)
+            return tr.error(pkt[:total], now, 3, 4, mtu4, DropReason.FRAG_NEEDED, index, False)
     elif size > tr.lowest_ipv6_mtu:
         if csum_at >= 0:
             payload = splice_u16(b"", pkt, ihl, csum_at, csum, total)
@@ -295,28 +294,15 @@ def translate_inner_4to6(tr: Translator, inner: bytes) -> tuple[bytes, bool] | N
     payload = inner[ihl:total]
     offset = flags & IPV4_OFFSET_MASK
     more = flags & IPV4_MF
-    d = add(ms[1], md[1])
     nh = PROTO_ICMPV6 if proto == PROTO_ICMP else proto
     if not offset:
-        try:
-            if proto == PROTO_TCP and len(payload) >= 18:
-                c = adjust(U16.unpack_from(payload, 16)[0], d)
-                payload = payload[:16] + U16.pack(c) + payload[18:]
-            elif proto == PROTO_UDP and len(payload) >= 8:
-                c = U16.unpack_from(payload, 6)[0]
-                if c:
-                    c = adjust(c, d) or 0xFFFF
-                    payload = payload[:6] + U16.pack(c) + payload[8:]
-            elif proto == PROTO_ICMP and len(payload) >= 4:
-                t = payload[0]
-                t6 = ECHO_4_TO_6.get(t)
-                if t6 is None:  # an error about an error
-                    return None
-                pseudo = fold(ones_sum(ms[0] + md[0]) + l4len + PROTO_ICMPV6)
-                c = adjust(U16.unpack_from(payload, 2)[0], add(pseudo, add(t6 << 8, neg(t << 8))))
-                payload = bytes((t6, payload[1])) + U16.pack(c) + payload[4:]
-        except struct.error:  # pragma: no cover - lengths checked above
-            return None
+        if proto != PROTO_ICMP:
+            payload = adjust_inner_checksum(proto, payload, add(ms[1], md[1]))
+        elif len(payload) >= 4:
+            t6 = ECHO_4_TO_6.get(payload[0])
+            if t6 is None:  # an error about an error
+                return None
+            payload = translate_echo(payload, t6, icmp6_pseudo_sum(ms[0], md[0], l4len))
     first_word = IPV6_VERSION | tos << 20
     if offset or more:
         header = IPV6.pack(first_word, l4len + 8, PROTO_FRAGMENT, ttl, ms[0], md[0]) + FRAG6.pack(
@@ -385,8 +371,7 @@ def translate_icmp4_error(
     body = body[: ICMP6_ERROR_MAX - 48]  # RFC 7915 §4.2: the result fits 1280 bytes
     length = 8 + len(body)
     head = ICMP_FULL.pack(t6, c6, 0, rest)
-    pseudo = fold(ones_sum(src6 + dst6) + length + PROTO_ICMPV6)
-    csum = checksum(head + body, pseudo)
+    csum = checksum(head + body, icmp6_pseudo_sum(src6, dst6, length))
     packet = (
         IPV6.pack(IPV6_VERSION | tos << 20, length, PROTO_ICMPV6, ttl - 1, src6, dst6)
         + head[:2]

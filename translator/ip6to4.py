@@ -34,7 +34,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from .checksum import add, adjust, checksum, fold, neg, ones_sum
+from .checksum import add, adjust, checksum, neg, ones_sum
 from .headers import (
     FRAG6,
     FRAG6_M,
@@ -72,8 +72,11 @@ from .icmp import (
     POINTER_6_TO_4,
     RFC4884_TYPES_4,
     RFC4884_TYPES_6,
+    adjust_inner_checksum,
+    icmp6_pseudo_sum,
     pad_rfc4884,
     split_rfc4884,
+    translate_echo,
 )
 from .verdict import DROP_MALFORMED, Action, DropReason, Verdict, drop
 
@@ -154,7 +157,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     if segments_left >= 0:
         # RFC 7915 §5.1: Routing header with Segments Left != 0 -> Parameter Problem
         # code 0 pointing at the Segments Left field.
-        return tr.error6(
+        return tr.error(
             pkt[:end],
             now,
             ICMP6_PARAM_PROBLEM,
@@ -182,7 +185,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     mdst = tables.lookup6(dst6)
     if mdst is None:
         # RFC 7915 §5.4 / RFC 4443 §3.1 code 3: no IPv4 form for this destination.
-        return tr.error6(
+        return tr.error(
             pkt[:end], now, ICMP6_DEST_UNREACH, 3, 0, DropReason.NO_MAPPING, -1, is_error
         )
     dst4, ddelta, index = mdst
@@ -194,7 +197,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         return drop(DropReason.UNSUPPORTED_ICMP, index)
     if hlim <= 1:
         # RFC 7915 §5.1 Hop Limit: the translator is a router (RFC 4443 §3.3 code 0).
-        return tr.error6(
+        return tr.error(
             pkt[:end],
             now,
             ICMP6_TIME_EXCEEDED,
@@ -225,9 +228,9 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
                 return drop(DropReason.SPOOFED_SOURCE, index)
             got = tr.pool.allocate(src6, now)
             if got is DropReason.POOL_EXHAUSTED:
-                return tr.error6(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
+                return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
             if isinstance(got, DropReason):
-                return tr.error6(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
+                return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
             src4 = got.v4
             sdelta = got.delta
 
@@ -251,11 +254,8 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         elif proto == PROTO_ICMPV6:
             # RFC 7915 §5.2: Echo Request/Reply (128/129) -> 8/0; the checksum loses the
             # pseudo-header and takes the type change.
-            t = payload[0]
-            t4 = ECHO_6_TO_4[t]
-            pseudo = fold(ones_sum(src6 + dst6) + len(payload) + PROTO_ICMPV6)
-            c = adjust(U16.unpack_from(payload, 2)[0], add(neg(pseudo), add(t4 << 8, neg(t << 8))))
-            payload = bytes((t4, payload[1])) + U16.pack(c) + payload[4:]
+            pseudo = icmp6_pseudo_sum(src6, dst6, len(payload))
+            payload = translate_echo(payload, ECHO_6_TO_4[payload[0]], neg(pseudo))
             proto4 = PROTO_ICMP
     elif proto == PROTO_ICMPV6:
         proto4 = PROTO_ICMP
@@ -316,24 +316,14 @@ def translate_inner_6to4(tr: Translator, inner: bytes) -> bytes | None:
     payload = inner[off : off + l4len]
     first = frag < 0 or not frag & FRAG6_OFFSET_MASK
     proto4 = PROTO_ICMP if proto == PROTO_ICMPV6 else proto
-    d = neg(add(ms[1], md[1]))
     if first:
-        if proto == PROTO_TCP and len(payload) >= 18:
-            c = adjust(U16.unpack_from(payload, 16)[0], d)
-            payload = payload[:16] + U16.pack(c) + payload[18:]
-        elif proto == PROTO_UDP and len(payload) >= 8:
-            c = U16.unpack_from(payload, 6)[0]
-            if c:
-                c = adjust(c, d) or 0xFFFF
-                payload = payload[:6] + U16.pack(c) + payload[8:]
-        elif proto == PROTO_ICMPV6 and len(payload) >= 4:
-            t = payload[0]
-            t4 = ECHO_6_TO_4.get(t)
+        if proto != PROTO_ICMPV6:
+            payload = adjust_inner_checksum(proto, payload, neg(add(ms[1], md[1])))
+        elif len(payload) >= 4:
+            t4 = ECHO_6_TO_4.get(payload[0])
             if t4 is None:  # an error about an error: never legitimately generated
                 return None
-            pseudo = fold(ones_sum(s6 + d6) + l4len + PROTO_ICMPV6)
-            c = adjust(U16.unpack_from(payload, 2)[0], add(neg(pseudo), add(t4 << 8, neg(t << 8))))
-            payload = bytes((t4, payload[1])) + U16.pack(c) + payload[4:]
+            payload = translate_echo(payload, t4, neg(icmp6_pseudo_sum(s6, d6, l4len)))
     total = 20 + l4len
     if frag >= 0:
         ident = fident & 0xFFFF
@@ -357,8 +347,7 @@ def translate_icmp6_error(
 ) -> Verdict:
     """RFC 7915 §5.2/§5.3: ICMPv6 error -> ICMPv4 error with its inner packet translated."""
     # The message is rebuilt and re-summed, so a corrupt one must not be laundered.
-    pseudo = fold(ones_sum(src6 + dst6) + len(payload) + PROTO_ICMPV6)
-    if add(ones_sum(payload), pseudo) != 0xFFFF:
+    if add(ones_sum(payload), icmp6_pseudo_sum(src6, dst6, len(payload))) != 0xFFFF:
         return drop(DropReason.BAD_CHECKSUM, index)
     itype, icode, _c, word = ICMP_FULL.unpack_from(payload, 0)
     row = ICMP6_TO_4.get((itype, icode))

@@ -123,7 +123,72 @@ def reserved_addresses(
     return frozenset(out)
 
 
-class Pool4:
+class Pool4Base:
+    """What ``Pool4`` and ``SharedPool4`` share, so the two cannot drift apart: the
+    validated parameters, the per-prefix limit, the counters and the lease listing.
+
+    Subclasses keep ``_per_prefix`` (leases per ``limit_prefix_len`` prefix) up to
+    date through ``_count_prefix`` / ``_uncount_prefix`` and provide ``lease_rows``.
+    """
+
+    def __init__(
+        self,
+        network: str | ipaddress.IPv4Network,
+        lease_time: float,
+        limit_per_prefix: int,
+        limit_prefix_len: int,
+        unconfirmed_time: float,
+    ) -> None:
+        net = check_pool_params(
+            network, lease_time, unconfirmed_time, limit_per_prefix, limit_prefix_len
+        )
+        self.network = net
+        self.lease_time = float(lease_time)
+        self.unconfirmed_time = float(unconfirmed_time)
+        self.limit_per_prefix = limit_per_prefix
+        self.limit_prefix_len = limit_prefix_len
+        self._prefix_shift = 128 - limit_prefix_len
+        self._first, self._last = pool_range(net)
+        self._per_prefix: dict[int, int] = {}
+        self.created = 0
+        self.expired = 0
+        self.refused_exhausted = 0
+        self.refused_limit = 0
+        self.reclaimed_unconfirmed = 0
+
+    def _prefix_of(self, v6: bytes) -> int:
+        """The ``limit_prefix_len`` prefix of ``v6``, the unit of the per-prefix limit."""
+        return int.from_bytes(v6, "big") >> self._prefix_shift
+
+    def _prefix_full(self, prefix: int) -> bool:
+        """True if ``prefix`` already holds ``limit_per_prefix`` leases (0 = no limit)."""
+        limit = self.limit_per_prefix
+        return bool(limit) and self._per_prefix.get(prefix, 0) >= limit
+
+    def _count_prefix(self, prefix: int) -> None:
+        self._per_prefix[prefix] = self._per_prefix.get(prefix, 0) + 1
+
+    def _uncount_prefix(self, prefix: int) -> None:
+        left = self._per_prefix[prefix] - 1
+        if left:
+            self._per_prefix[prefix] = left
+        else:
+            del self._per_prefix[prefix]
+
+    def lease_rows(self) -> list[tuple[str, str, float, bool]]:
+        """(ipv6, ipv4, last_seen, confirmed) of every lease, least recently used first."""
+        raise NotImplementedError
+
+    def leases(self) -> list[tuple[str, str, float]]:
+        """(ipv6, ipv4, last_seen) of every lease, least recently used first."""
+        return [(a, b, seen) for a, b, seen, _ in self.lease_rows()]
+
+    def dump(self, now: float) -> str:
+        """JSON snapshot of the leases with their idle ages (see ``restore``)."""
+        return dump_leases(self.network, self.lease_rows(), now)
+
+
+class Pool4(Pool4Base):
     """Pool of IPv4 addresses leased to IPv6 clients (see module docstring)."""
 
     def __init__(
@@ -135,18 +200,8 @@ class Pool4:
         reserved: Iterable[str | ipaddress.IPv4Address] = (),
         unconfirmed_time: float = 30.0,
     ) -> None:
-        net = check_pool_params(
-            network, lease_time, unconfirmed_time, limit_per_prefix, limit_prefix_len
-        )
-        self.network = net
-        self.lease_time = float(lease_time)
-        self.unconfirmed_time = float(unconfirmed_time)
-        self.limit_per_prefix = limit_per_prefix
-        self.limit_prefix_len = limit_prefix_len
-        self._prefix_shift = 128 - limit_prefix_len
-        first, last = pool_range(net)
-        self._first = first
-        self._last = last
+        super().__init__(network, lease_time, limit_per_prefix, limit_prefix_len, unconfirmed_time)
+        first, last = self._first, self._last
         self._cursor = first
         reserved_ints = reserved_addresses(reserved, first, last)
         self._reserved = frozenset(a.to_bytes(4, "big") for a in reserved_ints)
@@ -155,12 +210,6 @@ class Pool4:
         self._by4: dict[bytes, Lease] = {}
         self._unconfirmed: OrderedDict[bytes, Lease] = OrderedDict()  # LRU first, like _by6
         self._recycled: deque[bytes] = deque()
-        self._per_prefix: dict[int, int] = {}
-        self.created = 0
-        self.expired = 0
-        self.refused_exhausted = 0
-        self.refused_limit = 0
-        self.reclaimed_unconfirmed = 0
         self.confirmed = 0  # leases confirmed so far (the lease saver's dirty mark)
 
     # -- metrics ----------------------------------------------------------------------
@@ -222,8 +271,8 @@ class Pool4:
         existing = self.lookup6(v6, now)
         if existing is not None:
             return existing
-        prefix = int.from_bytes(v6, "big") >> self._prefix_shift
-        if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
+        prefix = self._prefix_of(v6)
+        if self._prefix_full(prefix):
             self.refused_limit += 1
             return DropReason.LEASE_LIMIT
         v4 = self._take(now)
@@ -262,10 +311,6 @@ class Pool4:
             self._recycled.append(lease.v4)
         return len(doomed)
 
-    def leases(self) -> list[tuple[str, str, float]]:
-        """(ipv6, ipv4, last_seen) of every lease, least recently used first."""
-        return [(a, b, seen) for a, b, seen, _ in self.lease_rows()]
-
     def lease_rows(self) -> list[tuple[str, str, float, bool]]:
         """(ipv6, ipv4, last_seen, confirmed) of every lease, least recently used first."""
         return [
@@ -277,10 +322,6 @@ class Pool4:
             )
             for le in self._by6.values()
         ]
-
-    def dump(self, now: float) -> str:
-        """JSON snapshot of the leases with their idle ages (see ``restore``)."""
-        return dump_leases(self.network, self.lease_rows(), now)
 
     def restore(self, text: str, now: float) -> int:
         """Load leases from a ``dump``; return how many were kept.
@@ -299,8 +340,8 @@ class Pool4:
                 continue
             if v6 in self._by6 or v4 in self._by4:
                 continue
-            prefix = int.from_bytes(v6, "big") >> self._prefix_shift
-            if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
+            prefix = self._prefix_of(v6)
+            if self._prefix_full(prefix):
                 continue
             state = CONFIRMED if confirmed else UNCONFIRMED
             self._insert(Lease(v6, v4, now - idle, prefix, state))
@@ -312,7 +353,7 @@ class Pool4:
     def _insert(self, lease: Lease) -> None:
         self._by6[lease.v6] = lease
         self._by4[lease.v4] = lease
-        self._per_prefix[lease.prefix] = self._per_prefix.get(lease.prefix, 0) + 1
+        self._count_prefix(lease.prefix)
         if lease.state != CONFIRMED:
             self._unconfirmed[lease.v6] = lease
 
@@ -321,11 +362,7 @@ class Pool4:
         del self._by4[lease.v4]
         if lease.state != CONFIRMED:
             del self._unconfirmed[lease.v6]
-        left = self._per_prefix[lease.prefix] - 1
-        if left:
-            self._per_prefix[lease.prefix] = left
-        else:
-            del self._per_prefix[lease.prefix]
+        self._uncount_prefix(lease.prefix)
 
     def _take(self, now: float) -> bytes | None:
         """A free address: never used first, then reclaimed LRU-first, then the LRU lease

@@ -76,8 +76,7 @@ from .pool import (
     CONFIRMED,
     UNCONFIRMED,
     Lease,
-    check_pool_params,
-    dump_leases,
+    Pool4Base,
     parse_dump,
     pool_range,
     reserved_addresses,
@@ -131,7 +130,7 @@ def buffer_size(network: str | ipaddress.IPv4Network) -> int:
     return HEADER_SIZE + (last - first + 1) * SLOT_SIZE
 
 
-class SharedPool4:
+class SharedPool4(Pool4Base):
     """Pool4 semantics over a table shared by processes (see module docstring)."""
 
     def __init__(
@@ -147,22 +146,13 @@ class SharedPool4:
         grace: float = 2.0,
         unconfirmed_time: float = 30.0,
     ) -> None:
-        net = check_pool_params(
-            network, lease_time, unconfirmed_time, limit_per_prefix, limit_prefix_len
-        )
+        super().__init__(network, lease_time, limit_per_prefix, limit_prefix_len, unconfirmed_time)
         if not 0 < refresh < grace:
             raise ValueError("pool4: need 0 < refresh < grace")
-        self.network = net
-        self.lease_time = float(lease_time)
-        self.unconfirmed_time = float(unconfirmed_time)
-        self.limit_per_prefix = limit_per_prefix
-        self.limit_prefix_len = limit_prefix_len
+        net = self.network
         self.refresh = float(refresh)
         self.grace = float(grace)
-        self._prefix_shift = 128 - limit_prefix_len
-        first, last = pool_range(net)
-        self._first = first
-        self._last = last
+        first, last = self._first, self._last
         self._slots = last - first + 1
         if len(buffer) < HEADER_SIZE + self._slots * SLOT_SIZE:
             raise ValueError(
@@ -177,12 +167,6 @@ class SharedPool4:
         self._cache4: list[SharedLease | None] = [None] * self._slots
         self._mirror_version = -1
         self._slot_of6: dict[bytes, int] = {}
-        self._per_prefix: dict[int, int] = {}
-        self.created = 0
-        self.expired = 0
-        self.refused_exhausted = 0
-        self.refused_limit = 0
-        self.reclaimed_unconfirmed = 0
         with lock:
             magic, hfirst, hslots, _, _, _ = HEADER.unpack_from(buffer, 0)
             if magic == MAGIC:
@@ -328,8 +312,7 @@ class SharedPool4:
                 if confirm == ANSWERED:  # as Pool4.lookup6 does for an unreclaimed lease
                     _U16.pack_into(buf, off + CONFIRM_AT, CONFIRMED)
                 return self._lease_at(idx, gen, v6, now)
-            prefix = int.from_bytes(v6, "big") >> self._prefix_shift
-            if self.limit_per_prefix and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix:
+            if self._prefix_full(self._prefix_of(v6)):
                 self.refused_limit += 1
                 return DropReason.LEASE_LIMIT
             idx = self._take(now)
@@ -383,10 +366,6 @@ class SharedPool4:
                 self._bump()
         return len(doomed)
 
-    def leases(self) -> list[tuple[str, str, float]]:
-        """(ipv6, ipv4, last_seen) of every lease in the shared table, least recent first."""
-        return [(a, b, seen) for a, b, seen, _ in self.lease_rows()]
-
     def lease_rows(self) -> list[tuple[str, str, float, bool]]:
         """(ipv6, ipv4, last_seen, confirmed) of every lease, least recent first."""
         held = [
@@ -404,10 +383,6 @@ class SharedPool4:
             )
             for seen, idx, v6, confirm in held
         ]
-
-    def dump(self, now: float) -> str:
-        """JSON of the leases with their idle ages, in :class:`Pool4`'s format."""
-        return dump_leases(self.network, self.lease_rows(), now)
 
     def restore(self, text: str, now: float) -> int:
         """Load leases from a ``dump`` (either pool's); return how many were kept.
@@ -429,11 +404,7 @@ class SharedPool4:
                 state = _U16.unpack_from(self._buf, HEADER_SIZE + idx * SLOT_SIZE + STATE_AT)[0]
                 if state == LEASED or v6 in self._slot_of6:
                     continue
-                prefix = int.from_bytes(v6, "big") >> self._prefix_shift
-                if (
-                    self.limit_per_prefix
-                    and self._per_prefix.get(prefix, 0) >= self.limit_per_prefix
-                ):
+                if self._prefix_full(self._prefix_of(v6)):
                     continue
                 self._write_slot(idx, v6, now - idle, CONFIRMED if confirmed else UNCONFIRMED)
                 kept += 1
@@ -463,7 +434,7 @@ class SharedPool4:
             v6,
             (self._first + idx).to_bytes(4, "big"),
             seen,
-            int.from_bytes(v6, "big") >> self._prefix_shift,
+            int.from_bytes(v6, "big") >> self._prefix_shift,  # inline: 4->6 cache misses
             HEADER_SIZE + idx * SLOT_SIZE,
             gen,
         )
@@ -562,8 +533,7 @@ class SharedPool4:
         _U32.pack_into(buf, off + GEN_AT, gen)
         _U16.pack_into(buf, off + STATE_AT, LEASED)
         self._slot_of6[v6] = idx
-        prefix = int.from_bytes(v6, "big") >> self._prefix_shift
-        self._per_prefix[prefix] = self._per_prefix.get(prefix, 0) + 1
+        self._count_prefix(self._prefix_of(v6))
         return int(gen)
 
     def _free_slot(self, idx: int, v6: bytes) -> None:
@@ -575,9 +545,4 @@ class SharedPool4:
         self._cache6.pop(v6, None)
         self._cache4[idx] = None
         del self._slot_of6[v6]
-        prefix = int.from_bytes(v6, "big") >> self._prefix_shift
-        left = self._per_prefix[prefix] - 1
-        if left:
-            self._per_prefix[prefix] = left
-        else:
-            del self._per_prefix[prefix]
+        self._uncount_prefix(self._prefix_of(v6))
