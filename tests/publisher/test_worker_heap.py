@@ -17,9 +17,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The pattern runs in a new thread: glibc gives it a fresh arena with no
+# holes left by imports, so the buffers reach the arena's top as they do in
+# a worker whose packet path has been running for a while; in the main heap
+# the outcome depends on what start-up left behind (that was the bug).
 PROBE = textwrap.dedent(
     """
-    import ctypes, resource, sys
+    import ctypes, resource, sys, threading
     sys.path.insert(0, {root!r})
     from publisher.worker import trim_memory
     libc = ctypes.CDLL("libc.so.6")
@@ -29,6 +33,7 @@ PROBE = textwrap.dedent(
     if {packet_heap!r}:
         trim_memory(packet_heap=True)
     data = bytes(60000)
+    faults = []
 
     def one_packet():  # the copies the vnet loop makes of one super-packet
         pkt = data[10:]
@@ -36,12 +41,18 @@ PROBE = textwrap.dedent(
         out = pkt + b"x"
         return len(out)
 
-    for _ in range(50):
-        one_packet()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(2000):
-        one_packet()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    def run():
+        for _ in range(50):
+            one_packet()
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        for _ in range(2000):
+            one_packet()
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    print(faults[0])
     """
 )
 
@@ -58,4 +69,4 @@ def test_packet_heap_keeps_super_packet_buffers_resident() -> None:
 
 def test_static_default_thresholds_fault_on_every_super_packet() -> None:
     # The control: the probe does see the churn the worker's setting prevents.
-    assert minor_faults(packet_heap=False) > 2000
+    assert minor_faults(packet_heap=False) > 2000 * 10
