@@ -54,6 +54,7 @@ WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
 MAPPING_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 ALLOW_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
 RATE_RE = re.compile(r"^(\d{1,6})/(second|minute|hour)$")
 
@@ -207,6 +208,9 @@ class DnsSettings:
     update_on_change: bool = False
     ptr: bool = False
     resolver: str | None = None
+    # Whose names these are when several revnat64 hosts update one zone; "" is
+    # the unnamed instance (the only one before instances existed).
+    instance: str = ""
 
 
 @dataclass(frozen=True)
@@ -752,6 +756,7 @@ def parse_config(data: Any, file: str = "<config>") -> Config:
             "update_on_change": (_bool, False),
             "ptr": (_bool, False),
             "resolver": (_hostport, None),
+            "instance": (_instance, ""),
         },
     )
     metrics = _parse_simple(
@@ -808,6 +813,17 @@ def _zone(value: Any) -> str:
     if not all(DNS_LABEL_RE.match(lbl) for lbl in labels):
         raise ValueError(f"{text!r} is not a valid DNS zone name")
     return text if text.endswith(".") else text + "."
+
+
+def _instance(value: Any) -> str:
+    """An instance name goes into the ownership TXT strings, so keep it one plain word."""
+    text = _str(value)
+    if not INSTANCE_RE.match(text):
+        raise ValueError(
+            f"{text!r} is not an instance name: use 1 to 32 lowercase letters, digits "
+            "and hyphens, such as router2"
+        )
+    return text
 
 
 def _span(net: IPv4Network | IPv6Network | None) -> tuple[int, int]:

@@ -66,7 +66,8 @@ def _update(cfg: Config, ptr: bool) -> int:
     for change in result.plan.changes:
         print(change)
     print(result.summary())
-    return 0
+    # Names another instance manages were not published: that is not "done".
+    return 1 if result.plan.conflicts else 0
 
 
 def _check(cfg: Config, ptr: bool) -> int:

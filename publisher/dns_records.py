@@ -71,6 +71,7 @@ class RecordSet:
     ttl: int
     records: tuple[DnsRecord, ...]
     warnings: tuple[str, ...] = ()
+    instance: str = ""  # dns.instance: whose names these are in the ownership TXT
 
     def of_type(self, rtype: str) -> tuple[DnsRecord, ...]:
         return tuple(r for r in self.records if r.rtype == rtype)
@@ -79,6 +80,16 @@ class RecordSet:
 def ownership_name(zone: str) -> str:
     """The name of the ownership TXT RRset in ``zone``: ``_revnat64.<zone>``."""
     return f"{OWNERSHIP_LABEL}.{zone.rstrip('.')}."
+
+
+def ownership_string(rtype: str, name: str, instance: str = "") -> str:
+    """One ownership TXT string: ``"AAAA nas.cam.example.org."``, plus
+    ``" instance=router2"`` for a named instance.
+
+    The unnamed instance keeps the original two-word form, so zones written
+    before instances existed still read as its own.
+    """
+    return f"{rtype} {name}" + (f" instance={instance}" if instance else "")
 
 
 def _host_addresses(cfg: Config, m: Mapping) -> list[tuple[str, IPv6Address, IPv4Address]]:
@@ -142,7 +153,7 @@ def build_records(cfg: Config, *, ptr: bool = False) -> RecordSet:
             if ptr:
                 rev = dns.reversename.from_address(str(v6)).to_text()
                 records.append(DnsRecord(rev, "PTR", fqdn, ttl, m.name))
-    return RecordSet(zone_abs, ttl, tuple(records), tuple(warnings))
+    return RecordSet(zone_abs, ttl, tuple(records), tuple(warnings), cfg.dns.instance)
 
 
 def name_collisions(cfg: Config) -> list[Problem]:
@@ -249,10 +260,9 @@ def _render_nsupdate(rs: RecordSet, server: str | None) -> str:
     lines.append(f"; AAAA records in {rs.zone}, and the names revnat64 manages there")
     lines += _nsupdate_server_line(server)
     lines.append(f"zone {rs.zone}")
-    for r in rs.of_type("AAAA"):
-        lines.append(f'update add {owner} {rs.ttl} TXT "AAAA {r.name}"')
-    for r in ptrs:
-        lines.append(f'update add {owner} {rs.ttl} TXT "PTR {r.name}"')
+    for r in (*rs.of_type("AAAA"), *ptrs):
+        text = ownership_string(r.rtype, r.name, rs.instance)
+        lines.append(f'update add {owner} {rs.ttl} TXT "{text}"')
     for r in rs.of_type("AAAA"):
         lines.append(f"update delete {r.name} AAAA")
         lines.append(f"update add {r.name} {r.ttl} AAAA {r.value}")

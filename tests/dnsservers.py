@@ -129,18 +129,32 @@ class Named:
 
 
 @contextmanager
-def running_named(extra_zone_text: str = "") -> Iterator[Named]:
+def running_named(extra_zone_text: str = "", *, reverse: str = "updatable") -> Iterator[Named]:
     """named with a forward and a reverse zone, both updatable with one TSIG key.
 
     The update-policy is the narrow one docs/dns.md recommends (AAAA and TXT in
     the forward zone, PTR in the reverse zone), so the tests prove it suffices.
+    ``reverse="none"`` leaves the reverse zone out, as on a server that does not
+    serve the ip6.arpa zone; ``reverse="read-only"`` serves it but refuses
+    updates to it, as a secondary or a zone without an update-policy would.
     """
+    if reverse not in ("updatable", "read-only", "none"):
+        raise ValueError(f"reverse must be updatable, read-only or none, not {reverse!r}")
     with tempfile.TemporaryDirectory(prefix=f"rn64-named-{os.getpid()}-") as tmp:
         d = Path(tmp)
         key_file = tsig_keygen(KEY_NAME, d / "tsig.key")
         (d / "forward.db").write_text(FORWARD_ZONE_TEXT + extra_zone_text)
         (d / "reverse.db").write_text(REVERSE_ZONE_TEXT)
         port = free_port()
+        grant = f"grant {KEY_NAME} subdomain {REVERSE_ZONE} PTR;"
+        policy = f"update-policy {{ {grant} }};" if reverse == "updatable" else ""
+        reverse_zone = f"""
+zone "{REVERSE_ZONE}" {{
+    type primary;
+    file "{d}/reverse.db";
+    {policy}
+}};
+"""
         conf = d / "named.conf"
         conf.write_text(
             f"""
@@ -162,12 +176,7 @@ zone "{ZONE}" {{
     file "{d}/forward.db";
     update-policy {{ grant {KEY_NAME} subdomain {ZONE} AAAA TXT; }};
 }};
-zone "{REVERSE_ZONE}" {{
-    type primary;
-    file "{d}/reverse.db";
-    update-policy {{ grant {KEY_NAME} subdomain {REVERSE_ZONE} PTR; }};
-}};
-"""
+{reverse_zone if reverse != "none" else ""}"""
         )
         log = d / "named.log"
         with open(log, "wb") as log_fd:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dns.query
@@ -20,10 +20,27 @@ import pytest
 
 from publisher.cli import main
 from publisher.config import load_config
-from publisher.dns_records import ownership_name
+from publisher.dns_records import build_records, ownership_name
 from publisher.dns_tsig import load_tsig_key
-from publisher.dns_update import RetryPolicy, dns_update_status, start_background_update
-from tests.dnsservers import BASE_MAPPINGS, ZONE, Named, config_text, running_named, tsig_keygen
+from publisher.dns_update import (
+    DnsConflictError,
+    DnsRefusedError,
+    RetryPolicy,
+    apply_update,
+    dns_update_status,
+    prepare_update,
+    run_update,
+    start_background_update,
+)
+from tests.dnsservers import (
+    BASE_MAPPINGS,
+    REVERSE_ZONE,
+    ZONE,
+    Named,
+    config_text,
+    running_named,
+    tsig_keygen,
+)
 
 HAND_MADE = 'frontdoor IN TXT "installed 2023"\nfrontdoor IN MX 10 mail.example.org.\n'
 FRONTDOOR = "frontdoor.cam.example.org."
@@ -235,3 +252,255 @@ def test_background_update_publishes_and_reports_ok(named: Named, tmp_path: Path
     status = dns_update_status()
     assert status.state == "ok" and status.changes == 5, status
     assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+
+
+# --------------------------------------------------------------------------
+# Prerequisites (RFC 2136 section 2.4): a change made between revnat64's read
+# and its write is refused by the server, not overwritten.  prepare_update()
+# reads and plans, apply_update() sends, so the tests edit the zone by hand
+# in between, with a separate signed update.
+
+GARAGE = "garage.cam.example.org."
+NAS_ONLY = "  - name: nas\n    ipv6: 2001:db8:200::51\n    ipv4: 192.0.2.51\n    allow: [tcp/443]\n"
+
+
+def mapping(name: str, v6: str, v4: str) -> str:
+    return f"  - name: {name}\n    ipv6: {v6}\n    ipv4: {v4}\n    allow: [tcp/80]\n"
+
+
+def by_hand(
+    named: Named, edit: Callable[[dns.update.UpdateMessage], None], zone: str = ZONE
+) -> None:
+    """Someone else's update: signed with the same key, as a second admin's would be."""
+    upd = dns.update.UpdateMessage(zone, keyring=load_tsig_key(named.key_file).to_dnspython())
+    edit(upd)
+    assert dns.query.tcp(upd, "127.0.0.1", port=named.port, timeout=5).rcode() == 0
+
+
+def instance_config(path: Path, named: Named, mappings: str, instance: str, **kw: object) -> Path:
+    write_config(path, named, mappings, **kw)
+    path.write_text(path.read_text() + f"  instance: {instance}\n")
+    return path
+
+
+def test_an_aaaa_changed_by_hand_after_the_read_is_not_overwritten(
+    named: Named, tmp_path: Path
+) -> None:
+    conf = write_config(tmp_path / "c.yaml", named)
+    run_update(load_config(conf))
+    write_config(conf, named, BASE_MAPPINGS.replace("2001:db8:200::51", "2001:db8:200::61"))
+    prep = prepare_update(load_config(conf))
+    by_hand(named, lambda u: u.replace(NAS, 300, "AAAA", "2001:db8:200::77"))
+    serial = named.serial()
+
+    with pytest.raises(DnsConflictError) as info:
+        apply_update(prep)
+    message = str(info.value)
+    assert info.value.rcode == "NXRRSET"
+    assert "changed by someone else since read" in message
+    assert f"{NAS} AAAA was 2001:db8:200::51 when read, is now 2001:db8:200::77" in message
+    assert "nothing in this update was applied" in message
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::77"} and named.serial() == serial
+
+    # The next run reads the hand edit and, the name being configured, sets it.
+    result = run_update(load_config(conf))
+    assert [str(c) for c in result.plan.changes] == [
+        f"set {NAS} AAAA 2001:db8:200::61 (was 2001:db8:200::77)"
+    ]
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::61"}
+
+
+def test_a_name_created_by_hand_after_the_read_is_not_overwritten(
+    named: Named, tmp_path: Path
+) -> None:
+    conf = write_config(tmp_path / "c.yaml", named)
+    run_update(load_config(conf))
+    write_config(conf, named, BASE_MAPPINGS + mapping("garage", "2001:db8:200::70", "192.0.2.70"))
+    prep = prepare_update(load_config(conf))
+    by_hand(named, lambda u: u.add(GARAGE, 300, "AAAA", "2001:db8:200::88"))
+
+    with pytest.raises(DnsConflictError) as info:
+        apply_update(prep)
+    assert info.value.rcode == "YXRRSET"
+    assert info.value.changed == (f"{GARAGE} AAAA was absent when read, is now 2001:db8:200::88",)
+    assert named.rrset(GARAGE, "AAAA") == {"2001:db8:200::88"}
+    assert '"AAAA garage.cam.example.org."' not in named.rrset(ownership_name(ZONE), "TXT")
+
+
+def test_a_name_disowned_by_hand_after_the_read_is_not_deleted(
+    named: Named, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/dns.md: to keep a name revnat64 would delete, remove its ownership string.
+    conf = write_config(tmp_path / "c.yaml", named)
+    run_update(load_config(conf))
+    write_config(conf, named, BASE_MAPPINGS.replace(NAS_ONLY, ""))
+    prep = prepare_update(load_config(conf))
+    assert [str(c) for c in prep.plan.changes] == [f"delete {NAS} AAAA (was 2001:db8:200::51)"]
+    owner = ownership_name(ZONE)
+    by_hand(named, lambda u: u.delete(owner, "TXT", f'"AAAA {NAS}"'))
+
+    with pytest.raises(DnsConflictError) as info:
+        apply_update(prep)
+    assert info.value.changed == (
+        f'{owner} TXT (the names revnat64 manages) gained nothing and lost "AAAA {NAS}"',
+    )
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+    # The next run sees the name is no longer ours and leaves it.
+    status, out, err = dns_cli(capsys, "-c", str(conf), "--update")
+    assert status == 0, err
+    assert "up to date, nothing sent" in out
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+
+
+def test_a_refusal_is_reported_in_the_daemon_status_and_log(
+    named: Named,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conf = write_config(tmp_path / "c.yaml", named)
+    run_update(load_config(conf))
+    write_config(conf, named, BASE_MAPPINGS.replace("2001:db8:200::51", "2001:db8:200::61"))
+    cfg = load_config(conf)
+    # The background thread offers no pause between read and write, so the
+    # apply step is wrapped to make the hand edit first.
+    import publisher.dns_update as du
+
+    real_apply = du.apply_update
+
+    def edit_then_apply(prep: du.PreparedUpdate) -> du.UpdateResult:
+        by_hand(named, lambda u: u.replace(NAS, 300, "AAAA", "2001:db8:200::77"))
+        return real_apply(prep)
+
+    monkeypatch.setattr(du, "apply_update", edit_then_apply)
+    with caplog.at_level(logging.ERROR, logger="test.dns"):
+        thread = start_background_update(cfg, logging.getLogger("test.dns"))
+        thread.join(timeout=60)
+    status = dns_update_status()
+    assert status.state == "conflict", status
+    assert f"{NAS} AAAA was 2001:db8:200::51 when read" in status.message
+    assert "changed by someone else since read" in caplog.text
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::77"}
+
+
+# --------------------------------------------------------------------------
+# Two revnat64 instances with different dns.instance names in one zone.
+
+
+def test_two_instances_cannot_take_over_each_others_names(
+    named: Named, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = instance_config(tmp_path / "one.yaml", named, BASE_MAPPINGS, "router1")
+    assert dns_cli(capsys, "-c", str(one), "--update")[0] == 0
+    owner = ownership_name(ZONE)
+    assert f'"AAAA {NAS} instance=router1"' in named.rrset(owner, "TXT")
+
+    # router2 wants nas elsewhere, plus a name of its own.
+    two_maps = NAS_ONLY.replace("::51", "::61") + mapping(
+        "garage", "2001:db8:200::70", "192.0.2.70"
+    )
+    two = instance_config(tmp_path / "two.yaml", named, two_maps, "router2")
+    status, out, err = dns_cli(capsys, "-c", str(two), "--update")
+    assert status == 1
+    assert (
+        f"warning: {NAS} AAAA is managed by revnat64 instance 'router1', not this one; left alone"
+        in err
+    )
+    assert "1 name(s) left alone because another revnat64 instance manages them" in out
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+    assert named.rrset(GARAGE, "AAAA") == {"2001:db8:200::70"}
+    assert f'"AAAA {GARAGE} instance=router2"' in named.rrset(owner, "TXT")
+
+    # Neither deletes the other's names when they leave its config.
+    instance_config(two, named, mapping("shed", "2001:db8:200::72", "192.0.2.72"), "router2")
+    assert dns_cli(capsys, "-c", str(two), "--update")[0] == 0
+    assert named.rrset(GARAGE, "AAAA") == set()
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+    assert named.rrset(FRONTDOOR, "AAAA") == {"2001:db8:200::50"}
+    status, out, _ = dns_cli(capsys, "-c", str(one), "--update")
+    assert status == 0 and "up to date, nothing sent" in out
+
+    # The daemon reports the same conflict in its status.
+    instance_config(two, named, two_maps, "router2")
+    thread = start_background_update(load_config(two), logging.getLogger("test.dns"))
+    thread.join(timeout=60)
+    st = dns_update_status()
+    assert st.state == "conflict" and f"{NAS} AAAA is managed by revnat64 instance" in st.message
+
+
+def test_two_instances_claiming_one_name_at_once_one_wins(named: Named, tmp_path: Path) -> None:
+    # printer was made by hand and belongs to nobody; both configs claim it.
+    one = instance_config(
+        tmp_path / "one.yaml", named, mapping("printer", "2001:db8:200::98", "192.0.2.98"), "r1"
+    )
+    two = instance_config(
+        tmp_path / "two.yaml", named, mapping("printer", "2001:db8:200::97", "192.0.2.97"), "r2"
+    )
+    prep1, prep2 = prepare_update(load_config(one)), prepare_update(load_config(two))
+    apply_update(prep1)
+    with pytest.raises(DnsConflictError) as info:
+        apply_update(prep2)
+    assert f'gained "AAAA {PRINTER} instance=r1"' in str(info.value)
+    assert named.rrset(PRINTER, "AAAA") == {"2001:db8:200::98"}
+    # On its next run r2 sees r1's claim and leaves the name alone.
+    result = run_update(load_config(two))
+    assert result.plan.is_empty and len(result.plan.conflicts) == 1
+    assert named.rrset(PRINTER, "AAAA") == {"2001:db8:200::98"}
+
+
+# --------------------------------------------------------------------------
+# With dns.ptr, a reverse zone that cannot be updated stops the run before any
+# AAAA record changes.
+
+
+@pytest.mark.parametrize("reverse", ["none", "read-only"])
+def test_a_reverse_zone_that_cannot_be_updated_publishes_no_aaaa(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reverse: str
+) -> None:
+    with running_named(HAND_MADE, reverse=reverse) as named:
+        conf = write_config(tmp_path / "c.yaml", named, ptr=True)
+        status, out, err = dns_cli(capsys, "-c", str(conf), "--update")
+        assert status == 1 and out == ""
+        assert named.rrset(NAS, "AAAA") == set() and named.rrset(FRONTDOOR, "AAAA") == set()
+        owned = named.rrset(ownership_name(ZONE), "TXT")
+        if reverse == "none":
+            # Caught by the reads, before anything was sent.
+            assert f"DNS server {named.server} answered REFUSED to the query for" in err
+            assert "set dns.ptr: false" in err and "nothing was sent" in err
+            assert owned == set() and named.serial() == 1
+        else:
+            # The one message before the refusal publishes nothing, and the error says so.
+            assert f"answered REFUSED to the update of zone {REVERSE_ZONE}" in err
+            assert (
+                f"already applied before this failure: 5 PTR name(s) added to "
+                f"{ownership_name(ZONE)} TXT" in err
+            )
+            ptrs = build_records(load_config(conf), ptr=True).of_type("PTR")
+            assert owned == {f'"PTR {r.name}"' for r in ptrs}
+
+
+def test_a_ptr_changed_by_hand_after_the_read_stops_before_the_aaaa(
+    named: Named, tmp_path: Path
+) -> None:
+    prep = prepare_update(load_config(write_config(tmp_path / "c.yaml", named, ptr=True)))
+    by_hand(named, lambda u: u.add(NAS_PTR, 300, "PTR", "someone.example.net."), REVERSE_ZONE)
+
+    with pytest.raises(DnsConflictError) as info:
+        apply_update(prep)
+    assert f"{NAS_PTR} PTR was absent when read, is now someone.example.net." in str(info.value)
+    assert info.value.applied == (f"5 PTR name(s) added to {ownership_name(ZONE)} TXT",)
+    assert named.rrset(NAS_PTR, "PTR") == {"someone.example.net."}
+    assert named.rrset(NAS, "AAAA") == set()
+
+
+def test_dns_zone_inside_a_served_zone_is_refused_before_sending(
+    named: Named, tmp_path: Path
+) -> None:
+    conf = write_config(tmp_path / "c.yaml", named)
+    conf.write_text(
+        conf.read_text().replace("zone: cam.example.org.", "zone: sub.cam.example.org.")
+    )
+    with pytest.raises(DnsRefusedError) as info:
+        run_update(load_config(conf))
+    assert "holds sub.cam.example.org. inside its zone cam.example.org." in str(info.value)
+    assert named.serial() == 1

@@ -243,6 +243,11 @@ def test_check_command_reports_each_problem_on_its_own_line(tmp_path: Path) -> N
             "test.yaml: dns.server: '::1:53': write an IPv6 host in brackets, as [addr]:port",
         ),
         (
+            {"dns": {"zone": "cam.example.org", "instance": "Router 2"}},
+            "test.yaml: dns.instance: 'Router 2' is not an instance name: use 1 to 32 "
+            "lowercase letters, digits and hyphens, such as router2",
+        ),
+        (
             {"translator__lowest_ipv6_mtu": 1500, "translator__mtu": 1400},
             "test.yaml: translator.lowest_ipv6_mtu: (1500) cannot exceed translator.mtu (1400)",
         ),

@@ -13,10 +13,13 @@ from publisher.dns_check import check_records, classify, format_report
 from publisher.dns_records import build_records
 from publisher.dns_update import (
     Change,
+    Conflict,
     DnsUnreachableError,
     RetryPolicy,
     RRsetState,
     dns_update_status,
+    ownership_text,
+    parse_claims,
     parse_ownership,
     plan_update,
     run_update,
@@ -42,10 +45,12 @@ def test_missing_stale_and_ttl_changes_replace_the_rrset() -> None:
     desired = {A: rr("2001:db8::1"), B: rr("2001:db8::2"), C: rr("2001:db8::3", ttl=60)}
     current = {A: None, B: rr("2001:db8::9", "2001:db8::2"), C: rr("2001:db8::3")}
     plan = plan_update(desired, current, {A, B, C})
+    was_b = ("2001:db8::2", "2001:db8::9")
+    # The last field is the prerequisite: the RRset as read, () for "must not exist".
     assert plan.changes == (
-        Change("replace", "AAAA", A[1], 300, ("2001:db8::1",), ()),
-        Change("replace", "AAAA", B[1], 300, ("2001:db8::2",), ("2001:db8::2", "2001:db8::9")),
-        Change("replace", "AAAA", C[1], 60, ("2001:db8::3",), ("2001:db8::3",)),
+        Change("replace", "AAAA", A[1], 300, ("2001:db8::1",), (), ()),
+        Change("replace", "AAAA", B[1], 300, ("2001:db8::2",), was_b, was_b),
+        Change("replace", "AAAA", C[1], 60, ("2001:db8::3",), ("2001:db8::3",), ("2001:db8::3",)),
     )
     assert plan.own_add == () and plan.own_remove == ()
 
@@ -53,7 +58,8 @@ def test_missing_stale_and_ttl_changes_replace_the_rrset() -> None:
 def test_a_removed_name_is_deleted_only_when_owned() -> None:
     # B is ours and no longer wanted; C exists but was never ours.
     plan = plan_update({A: rr("2001:db8::1")}, {A: rr("2001:db8::1"), B: rr("2001:db8::2")}, {A, B})
-    assert plan.changes == (Change("delete", "AAAA", B[1], 300, (), ("2001:db8::2",)),)
+    was = ("2001:db8::2",)
+    assert plan.changes == (Change("delete", "AAAA", B[1], 300, (), was, was),)
     assert plan.own_remove == (B,)
     plan = plan_update({A: rr("2001:db8::1")}, {A: rr("2001:db8::1"), C: rr("2001:db8::3")}, {A})
     assert plan.is_empty
@@ -70,6 +76,45 @@ def test_ownership_strings_other_than_ours_are_ignored() -> None:
         ["AAAA Nas.cam.example.org.", "PTR 1.0.ip6.arpa.", "v=spf1 -all", "AAAA relative", "MX x."]
     )
     assert owned == {("AAAA", "nas.cam.example.org."), ("PTR", "1.0.ip6.arpa.")}
+
+
+def test_ownership_strings_name_their_instance() -> None:
+    strings = [
+        "AAAA a.cam.example.org.",
+        "AAAA b.cam.example.org. instance=router2",
+        "AAAA a.cam.example.org. instance=router2",
+        "AAAA c.cam.example.org. owner=router2",  # not our shape: ignored
+        "AAAA c.cam.example.org. instance=",
+    ]
+    assert parse_claims(strings) == {A: {"", "router2"}, B: {"router2"}}
+    assert parse_ownership(strings) == {A}
+    assert parse_ownership(strings, "router2") == {A, B}
+    assert ownership_text(B, "router2") == '"AAAA b.cam.example.org. instance=router2"'
+    assert ownership_text(A) == '"AAAA a.cam.example.org."'
+
+
+def test_names_another_instance_owns_are_never_changed() -> None:
+    desired = {A: rr("2001:db8::1"), B: rr("2001:db8::2")}
+    current = {A: rr("2001:db8::9"), B: None, C: rr("2001:db8::3")}
+    # A is router2's; C is ours and router2's, and we no longer want it.
+    plan = plan_update(desired, current, {C}, {A: {"router2"}, C: {"router2"}})
+    assert plan.changes == (Change("replace", "AAAA", B[1], 300, ("2001:db8::2",), (), ()),)
+    assert plan.conflicts == (Conflict("AAAA", A[1], ("router2",)),)
+    assert plan.own_add == (B,) and plan.own_remove == (C,)
+    assert str(plan.conflicts[0]).startswith(
+        "a.cam.example.org. AAAA is managed by revnat64 instance 'router2', not this one"
+    )
+
+
+def test_the_prerequisite_repeats_the_servers_own_text() -> None:
+    # The server spelled the PTR target in capitals: the comparison ignores
+    # case, but the prerequisite must carry the records exactly as read.
+    key = ("PTR", "1.0.ip6.arpa.")
+    have = RRsetState(300, frozenset({"nas.cam.example.org."}), frozenset({"NAS.cam.example.org."}))
+    plan = plan_update({key: rr("other.cam.example.org.")}, {key: have}, {key})
+    (change,) = plan.changes
+    assert change.old == ("nas.cam.example.org.",)
+    assert change.expect == ("NAS.cam.example.org.",)
 
 
 def test_classify_ok_missing_stale() -> None:

@@ -169,3 +169,11 @@ def test_cli_without_a_zone_says_so(tmp_path: Path, capsys: pytest.CaptureFixtur
     conf.write_text(config_text(server=None).replace("  zone: cam.example.org.\n", ""))
     assert main(["dns", "-c", str(conf)]) == 2
     assert "dns.zone: is required" in capsys.readouterr().err
+
+
+def test_nsupdate_script_records_ownership_for_a_named_instance() -> None:
+    text = config_text(ptr=True) + "  instance: router2\n"
+    script = render(build_records(parse_config_text(text, "test.yaml"), ptr=True), "nsupdate")
+    owned = [line for line in script.splitlines() if " TXT " in line]
+    assert owned and all(line.endswith(' instance=router2"') for line in owned)
+    assert 'TXT "AAAA nas.cam.example.org. instance=router2"' in script
