@@ -4,7 +4,9 @@
 interfaces in, the desired :class:`NetPlan` out.  :class:`NetlinkManager`
 diffs a plan against what it applied before and changes only the difference,
 so a reload that adds one mapping adds one route and one proxy entry while
-every other mapping keeps working.
+every other mapping keeps working.  Routes and proxy entries go to the
+kernel in batches (:mod:`publisher.nlbatch`), and every refusal comes back
+matched to the route or entry it concerns.
 
 Everything applied is also written to a small state file before it is
 applied.  After a crash (SIGKILL, power loss of the process) the next start
