@@ -1,0 +1,104 @@
+"""Struct-packed rtnetlink requests equal pyroute2's; answers parse to (seq, errno, text)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Iterator
+
+import pytest
+from pyroute2 import IPBatch
+
+from publisher.nlbatch import (
+    NLM_F_ACK_TLVS,
+    NLM_F_CAPPED,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    Failure,
+    build_message,
+    build_proxy,
+    build_route,
+    parse_acks,
+)
+
+
+@pytest.fixture(scope="module")
+def ipb() -> Iterator[IPBatch]:
+    batch = IPBatch()
+    yield batch
+    batch.close()
+
+
+def pyroute2_bytes(ipb: IPBatch, method: str, *args: object, **kw: object) -> bytes:
+    ipb.reset()
+    getattr(ipb, method)(*args, **kw)
+    data = bytes(ipb.asyncore.batch)
+    # Sequence number and port id are the batch's own business.
+    return data[:8] + b"\0" * 8 + data[16:]
+
+
+@pytest.mark.parametrize("op", ["add", "replace", "del"])
+@pytest.mark.parametrize(
+    ("dst", "address", "length", "family"),
+    [
+        ("2001:db8:f00::5/128", "2001:db8:f00::5", 128, 10),
+        ("2001:db8:200::/64", "2001:db8:200::", 64, 10),
+        ("198.51.100.0/24", "198.51.100.0", 24, 2),
+        ("198.51.100.1/32", "198.51.100.1", 32, 2),
+    ],
+)
+def test_route_requests_match_pyroute2(
+    ipb: IPBatch, op: str, dst: str, address: str, length: int, family: int
+) -> None:
+    ours = build_message(build_route(op, dst, 7, 164), 0)
+    theirs = pyroute2_bytes(
+        ipb, "route", op, dst=address, dst_len=length, family=family, oif=7, proto=164
+    )
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("op", ["replace", "del"])
+def test_proxy_requests_match_pyroute2(ipb: IPBatch, op: str) -> None:
+    ours = build_message(build_proxy(op, "2001:db8:1::50", 3), 0)
+    theirs = pyroute2_bytes(ipb, "neigh", op, dst="2001:db8:1::50", ifindex=3, flags=8, family=10)
+    assert ours == theirs
+
+
+def error_answer(seq: int, code: int, text: str = "", capped: bool = True) -> bytes:
+    request = build_message(build_route("add", "2001:db8::1/128", 7, 164), seq)
+    echoed = request[: NLMSGHDR.size] if capped else request
+    attrs = b""
+    flags = NLM_F_CAPPED if capped else 0
+    if text:
+        payload = text.encode() + b"\0"
+        attrs = struct.pack("=HH", 4 + len(payload), 1) + payload
+        attrs += b"\0" * (-len(attrs) % 4)
+        flags |= NLM_F_ACK_TLVS
+    body = struct.pack("=i", -code) + echoed + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), NLMSG_ERROR, flags, seq, 0) + body
+
+
+def test_parse_acks_matches_sequence_numbers_errors_and_kernel_text() -> None:
+    data = (
+        error_answer(41, 0)
+        + error_answer(42, errno.EEXIST, "Route exists")
+        + error_answer(43, errno.EINVAL, "Invalid prefix", capped=False)
+    )
+    answers = parse_acks(data)
+    assert [(a.seq, a.error, a.message) for a in answers] == [
+        (41, 0, ""),
+        (42, errno.EEXIST, "Route exists"),
+        (43, errno.EINVAL, "Invalid prefix"),
+    ]
+
+
+def test_parse_acks_skips_other_messages_and_stops_at_truncation() -> None:
+    done = NLMSGHDR.pack(NLMSGHDR.size + 4, 3, 0, 9, 0) + b"\0" * 4  # NLMSG_DONE
+    answer = error_answer(10, errno.ENOENT)
+    assert [a.seq for a in parse_acks(done + answer + answer[:20])] == [10]
+    assert parse_acks(b"") == [] and parse_acks(b"\xff" * 15) == []
+
+
+def test_failure_describes_errno_and_kernel_text() -> None:
+    assert Failure(0, errno.EEXIST, "").describe() == "File exists"
+    assert Failure(0, errno.EEXIST, "Route exists").describe() == "File exists (Route exists)"
