@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
@@ -123,7 +124,7 @@ def reserved_addresses(
     return frozenset(out)
 
 
-class Pool4Base:
+class Pool4Base(ABC):
     """What ``Pool4`` and ``SharedPool4`` share, so the two cannot drift apart: the
     validated parameters, the per-prefix limit, the counters and the lease listing.
 
@@ -175,9 +176,9 @@ class Pool4Base:
         else:
             del self._per_prefix[prefix]
 
+    @abstractmethod
     def lease_rows(self) -> list[tuple[str, str, float, bool]]:
         """(ipv6, ipv4, last_seen, confirmed) of every lease, least recently used first."""
-        raise NotImplementedError
 
     def leases(self) -> list[tuple[str, str, float]]:
         """(ipv6, ipv4, last_seen) of every lease, least recently used first."""
