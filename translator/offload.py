@@ -66,7 +66,6 @@ PROTO_UDP = 17
 IPV4_DF = 0x4000
 
 _U16 = struct.Struct("!H")
-_LE16 = struct.Struct("<H")
 
 # UDP trains (see udp_train_key): at most this many datagrams per super-packet
 # (the kernel's UDP_MAX_SEGMENTS was 64 before Linux 6.10), and only datagrams
