@@ -218,7 +218,8 @@ def udp_train_key(frame: bytes) -> bytes | None:
     if first >> 4 == 6:
         # IPv6: payload length == frame, next header UDP, UDP length == payload length.
         if (
-            frame[16] != PROTO_UDP
+            n < VNET_HDR_LEN + 48
+            or frame[16] != PROTO_UDP
             or frame[6] != 40
             or n > VNET_HDR_LEN + UDP_TRAIN_MAX_PACKET + 20
             or _U16.unpack_from(frame, 14)[0] != n - VNET_HDR_LEN - 40

@@ -21,6 +21,7 @@ from test_offload import partial, vnet
 from tr_testlib import CAM6, CLIENT6, make_translator
 
 from translator import DropReason, Translator
+from translator import tun as tun_module
 from translator.offload import GSO_NONE, GSO_UDP_L4, VNET_HDR
 from translator.tun import DIRECTION_6TO4, Counters, DataPath
 
@@ -119,3 +120,23 @@ def test_without_uso_every_datagram_goes_alone(tun: tuple[DataPath, socket.socke
     path.run_batch(1.0)
     assert len(written(theirs)) == 5
     assert os.get_blocking(path.fd) is False
+
+
+def test_an_edge_error_on_one_frame_is_counted_and_the_loop_goes_on(
+    tun: tuple[DataPath, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands in for a virtio-header edge case nobody foresaw (the core itself never raises).
+    path, theirs = tun
+    real_key = tun_module.udp_train_key
+
+    def key_or_crash(frame: bytes) -> bytes | None:
+        if frame[-1] == 3:
+            raise IndexError("unforeseen frame")
+        return real_key(frame)
+
+    monkeypatch.setattr(tun_module, "udp_train_key", key_or_crash)
+    for i in range(6):
+        theirs.send(frame6(i, size=64 + i))  # distinct sizes: no trains
+    assert path.run_batch(1.0) == 6
+    assert path.counters.dropped[DropReason.MALFORMED] == 1
+    assert len(written(theirs)) == 5

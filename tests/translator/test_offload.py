@@ -339,6 +339,8 @@ def test_prepare_never_raises_on_any_frame(
     frame = VNET_HDR.pack(flags, gso, 0, 1400, csum_start, csum_offset) + bytes((first,)) + tail
     pkt, offset, _gso = prepare(frame, lowest)
     assert isinstance(pkt, bytes) and offset >= 0
+    key = udp_train_key(frame)
+    assert key is None or isinstance(key, bytes)
 
 
 # --- UDP trains: queued datagrams merged into one USO frame ----------------------------
@@ -470,3 +472,9 @@ def test_tcp_super_packet_segments_within_1260_bytes_leave_with_df_clear(
         del fixed.chksum
         assert IP(segment_ids_v4(out, 1)).chksum == IP(bytes(fixed)).chksum
     assert df_free_segments_v4(out, 0) == 0
+
+
+@pytest.mark.parametrize("plen", range(0, 8))
+def test_a_udp_header_cut_short_is_no_train_and_no_crash(plen: int) -> None:
+    six = raw(IPv6(src=CLIENT6, dst=CAM6, nh=17, plen=plen)) + bytes(plen)
+    assert udp_train_key(vnet(GSO_NONE, 40, 6) + six) is None
