@@ -34,6 +34,7 @@ Everything here is pure: bytes and integers in, bytes (or views of them) out.
 from __future__ import annotations
 
 import struct
+from typing import Union
 
 from .checksum import add, checksum, neg, ones_sum
 from .headers import U16, splice_u16
@@ -136,7 +137,8 @@ def prepare(frame: bytes, lowest_ipv6_mtu: int) -> tuple[bytes, int, int]:
     return splice_u16(b"", frame, VNET_HDR_LEN, at, seed ^ 0xFFFF, len(frame)), csum_offset, gso
 
 
-Iovec = tuple[bytes | memoryview, ...]
+# (typing.Union: a module-level alias is evaluated at run time, and 3.9 has no X | Y.)
+Iovec = tuple[Union[bytes, memoryview], ...]
 
 
 def finish(out: bytes, csum_offset: int, gso: int, gso_size: int) -> Iovec:
