@@ -37,6 +37,7 @@ Two ways out:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import platform
@@ -354,6 +355,26 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
+def collect_after_each_request(app: Any) -> Any:
+    """Wrap a WSGI app so that each request ends with a full garbage collection.
+
+    Each scrape, served in a new thread, leaves reference cycles behind, and
+    with a large config (10,000 mappings: hundreds of thousands of long-lived
+    objects) the interpreter rarely gets round to its oldest generation, so
+    the supervisor grew by about 6 MiB over 20 scrapes. Collected after each
+    scrape it stays flat (bench/memory.py --only-mappings). One collection per
+    scrape, in the HTTP thread; the packet path is in the workers.
+    """
+
+    def collecting_app(environ: Any, start_response: Any) -> Any:
+        try:
+            return app(environ, start_response)
+        finally:
+            gc.collect()
+
+    return collecting_app
+
+
 def start_http_server(listen: str, snapshot_fn: SnapshotFn) -> MetricsServer:
     """Serve the metrics on ``listen`` (``host:port``, ``[v6]:port``) from a daemon thread.
 
@@ -365,7 +386,7 @@ def start_http_server(listen: str, snapshot_fn: SnapshotFn) -> MetricsServer:
     server_class = type(
         "RevNat64MetricsServer", (_ThreadingWSGIServer,), {"address_family": family}
     )
-    app = make_wsgi_app(build_registry(snapshot_fn, process=True))
+    app = collect_after_each_request(make_wsgi_app(build_registry(snapshot_fn, process=True)))
     try:
         server: WSGIServer = make_server(host, port, app, server_class, _QuietHandler)
     except OSError as exc:

@@ -15,8 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from publisher import __version__
+from publisher import metrics as metrics_module
 from publisher.metrics import (
     TextfileWriter,
+    collect_after_each_request,
     parse_listen,
     render,
     start_http_server,
@@ -311,3 +313,23 @@ def test_worker_families_exist_without_series_when_no_worker_answered() -> None:
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"revnat64_worker_cpu_seconds", "revnat64_worker_resident_memory_bytes"} <= names
     assert "revnat64_worker_cpu_seconds_total{" not in text
+
+
+def test_each_scrape_ends_with_a_full_collection_even_when_it_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Scrapes leave cycles the interpreter collects too rarely with a big config
+    # (the supervisor grew ~6 MiB over 20 scrapes at 10,000 mappings).
+    collections: list[int] = []
+    monkeypatch.setattr(metrics_module.gc, "collect", lambda *a: collections.append(1) or 0)
+
+    def app(environ: object, start_response: object) -> list[bytes]:
+        if environ == "boom":
+            raise RuntimeError("scrape failed")
+        return [b"ok"]
+
+    wrapped = collect_after_each_request(app)
+    assert wrapped({}, None) == [b"ok"] and collections == [1]
+    with pytest.raises(RuntimeError):
+        wrapped("boom", None)
+    assert collections == [1, 1]
