@@ -63,7 +63,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as TMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address
 from typing import TypeVar
 
@@ -109,6 +109,9 @@ T = TypeVar("T")
 DEFAULT_ATTEMPTS = 4  # 1 try + 3 retries: 0.5 s, 1 s, 2 s apart
 DEFAULT_BACKOFF = 0.5
 DEFAULT_TIMEOUT = 5.0
+# After an unreachable server the daemon runs the whole update again later, this
+# long after each failure in turn; the last wait then repeats until it succeeds.
+DEFAULT_LATER = (30.0, 60.0, 120.0, 300.0, 900.0)
 # Answers worth asking again: the server is up but could not do it just now.
 RETRYABLE_RCODES = frozenset({dns.rcode.SERVFAIL})
 # RFC 2136 section 2.4: a prerequisite did not hold, so the zone changed since it was read.
@@ -367,6 +370,10 @@ class RetryPolicy:
     attempts: int = DEFAULT_ATTEMPTS
     backoff: float = DEFAULT_BACKOFF
     sleep: Callable[[float], None] = time.sleep
+    later: tuple[float, ...] = DEFAULT_LATER
+    """Background updates only: the waits before running a whole update again after
+    the server could not be reached (a router often boots before its DNS server or
+    its uplink); the last one repeats.  Empty: give up after the first run."""
 
 
 # A prerequisite as sent: (rtype, name, rdata the RRset must hold; empty: must not exist).
@@ -803,10 +810,12 @@ def run_update(
 class UpdateStatus:
     """The last background update, for ``revnat64 status``."""
 
-    state: str = "never"  # "never" | "running" | "ok" | "conflict" | "error"
+    state: str = "never"  # "never" | "running" | "ok" | "retrying" | "conflict" | "error"
     message: str = ""
     finished_at: float | None = None  # time.time()
     changes: int = 0
+    failures: int = 0  # background runs that found the server unreachable, ever
+    last_success: float | None = None  # time.time() of the last "ok"
 
 
 @dataclass
@@ -815,6 +824,11 @@ class _Background:
     status_lock: threading.Lock = field(default_factory=threading.Lock)
     generation: int = 0
     status: UpdateStatus = field(default_factory=UpdateStatus)
+    # Notified when a newer update is requested, so a waiting retry gives way at once.
+    newer: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.newer = threading.Condition(self.status_lock)
 
 
 _BACKGROUND = _Background()
@@ -839,37 +853,80 @@ def start_background_update(
     Updates run one at a time.  When several are requested while one runs
     (reloads in quick succession), only the newest config is sent: an older
     request that gets the lock after a newer one was made skips itself.
+
+    A server that cannot be reached is tried again later (``policy.later``),
+    with the state "retrying" meanwhile; a newer request ends the wait.  A
+    refusal or a conflict is not retried: it needs a person (see docs/dns.md).
     """
     with _BACKGROUND.status_lock:
         _BACKGROUND.generation += 1
         generation = _BACKGROUND.generation
+        _BACKGROUND.newer.notify_all()
+
+    def superseded() -> bool:
+        return generation != _BACKGROUND.generation
+
+    def attempt(failures: int) -> float | None:
+        """One whole update; the wait before the next one, or None when done."""
+        with _BACKGROUND.status_lock:
+            if superseded():
+                return None
+            _BACKGROUND.status = replace(_BACKGROUND.status, state="running", message="")
+        try:
+            result = run_update(cfg, log=log, policy=policy)
+        except DnsUnreachableError as exc:
+            failures += 1
+            message = str(exc) or type(exc).__name__
+            delay = policy.later[min(failures, len(policy.later)) - 1] if policy.later else None
+            if delay is None:
+                log.error("DNS update failed: %s", message)
+                _finish("error", message, 0, unreachable=True)
+                return None
+            log.warning("DNS update failed: %s; trying again in %g s", message, delay)
+            _finish("retrying", f"{message}; next try in {delay:g} s", 0, unreachable=True)
+            return delay
+        except Exception as exc:  # any failure must land in the status
+            message = str(exc) or type(exc).__name__
+            log.error("DNS update failed: %s", message)
+            _finish("conflict" if isinstance(exc, DnsConflictError) else "error", message, 0)
+            return None
+        for warning in result.warnings:
+            log.warning("DNS update: %s", warning)
+        for change in result.plan.changes:
+            log.info("DNS update: %s", change)
+        log.info("DNS update: %s", result.summary())
+        message = "; ".join([result.summary(), *map(str, result.plan.conflicts)])
+        state = "conflict" if result.plan.conflicts else "ok"
+        _finish(state, message, len(result.plan.changes))
+        return None
 
     def work() -> None:
-        with _BACKGROUND.lock:
-            with _BACKGROUND.status_lock:
-                if generation != _BACKGROUND.generation:
-                    return
-                previous = _BACKGROUND.status
-                _BACKGROUND.status = UpdateStatus(
-                    "running", "", previous.finished_at, previous.changes
-                )
-            try:
-                result = run_update(cfg, log=log, policy=policy)
-            except Exception as exc:  # any failure must land in the status
-                message = str(exc) or type(exc).__name__
-                log.error("DNS update failed: %s", message)
-                state = "conflict" if isinstance(exc, DnsConflictError) else "error"
-                _set_status(UpdateStatus(state, message, time.time(), 0))
+        failures = 0
+        while True:
+            with _BACKGROUND.lock:
+                delay = attempt(failures)
+            if delay is None:
                 return
-            for warning in result.warnings:
-                log.warning("DNS update: %s", warning)
-            for change in result.plan.changes:
-                log.info("DNS update: %s", change)
-            log.info("DNS update: %s", result.summary())
-            message = "; ".join([result.summary(), *map(str, result.plan.conflicts)])
-            state = "conflict" if result.plan.conflicts else "ok"
-            _set_status(UpdateStatus(state, message, time.time(), len(result.plan.changes)))
+            failures += 1
+            # Outside the lock, so a newer request runs at once and ends this wait.
+            with _BACKGROUND.newer:
+                if _BACKGROUND.newer.wait_for(superseded, timeout=delay):
+                    return
 
     thread = threading.Thread(target=work, name=f"revnat64-dns-update-{generation}", daemon=True)
     thread.start()
     return thread
+
+
+def _finish(state: str, message: str, changes: int, unreachable: bool = False) -> None:
+    now = time.time()
+    with _BACKGROUND.status_lock:
+        old = _BACKGROUND.status
+        _BACKGROUND.status = UpdateStatus(
+            state,
+            message,
+            now,
+            changes,
+            failures=old.failures + unreachable,
+            last_success=now if state == "ok" else old.last_success,
+        )

@@ -76,6 +76,7 @@ SnapshotFn = Callable[[], Snapshot]
 # Always emitted, so alerts on them work before the first event.
 RELOAD_RESULTS = ("success", "failure")
 REFUSAL_REASONS = ("exhausted", "prefix_limit")
+DNS_UPDATE_STATES = ("never", "running", "ok", "retrying", "conflict", "error")
 
 
 class SnapshotCollector(Collector):
@@ -92,6 +93,7 @@ class SnapshotCollector(Collector):
         yield from _pool_families(snap)
         yield from _firewall_families(snap)
         yield from _daemon_families(snap)
+        yield from _dns_families(snap)
         yield from _worker_families(snap)
 
 
@@ -249,6 +251,32 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "Unix time the daemon started.",
         value=snap.started_timestamp,
     )
+
+
+def _dns_families(snap: Snapshot) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        "revnat64_dns_update_state",
+        "The background DNS update (dns.update_on_change): 1 for its current state. "
+        "retrying = the server could not be reached and the update runs again later; "
+        "conflict and error need a person. No series when DNS updates are off.",
+        labels=("state",),
+    )
+    unreachable = CounterMetricFamily(
+        "revnat64_dns_update_unreachable",
+        "Background DNS updates that could not reach dns.server (each one is retried later).",
+    )
+    last = GaugeMetricFamily(
+        "revnat64_dns_update_last_success_timestamp_seconds",
+        "Unix time of the last background DNS update that succeeded; 0 if none has yet.",
+    )
+    if snap.dns_update_state != "disabled":
+        for name in _with_fixed(DNS_UPDATE_STATES, {snap.dns_update_state: 1}):
+            state.add_metric((name,), 1 if name == snap.dns_update_state else 0)
+        unreachable.add_metric((), snap.dns_update_unreachable)
+        last.add_metric((), snap.dns_last_success_timestamp)
+    yield state
+    yield unreachable
+    yield last
 
 
 def _worker_families(snap: Snapshot) -> Iterator[Metric]:

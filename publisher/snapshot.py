@@ -110,6 +110,12 @@ class Snapshot:
     started_timestamp: float = 0.0
     firewall_state: str = "disabled"  # "applied" | "disabled" | "error: ..."
     dns_state: str = "disabled"  # "disabled" | "ok <when>" | "error: ..."
+    # The background DNS update (dns.update_on_change): its state word ("disabled",
+    # "never", "running", "ok", "retrying", "conflict", "error"), the runs that found
+    # the server unreachable, and the unix time of the last success (0: never).
+    dns_update_state: str = "disabled"
+    dns_update_unreachable: int = 0
+    dns_last_success_timestamp: float = 0.0
     # (ipv6 client, ipv4 lease, idle seconds): for status only, never a metric label
     leases: list[tuple[str, str, float]] = field(default_factory=list)
     workers: int = 1
@@ -141,6 +147,9 @@ class Snapshot:
             "started_timestamp": self.started_timestamp,
             "firewall_state": self.firewall_state,
             "dns_state": self.dns_state,
+            "dns_update_state": self.dns_update_state,
+            "dns_update_unreachable": self.dns_update_unreachable,
+            "dns_last_success_timestamp": self.dns_last_success_timestamp,
             "leases": [[c, a, idle] for c, a, idle in self.leases],
             "workers": self.workers,
             "prefix": self.prefix,
@@ -190,6 +199,9 @@ class Snapshot:
                 workers=int(doc["workers"]),
                 # Optional: a daemon one version older does not send them.
                 prefix=str(doc.get("prefix", "")),
+                dns_update_state=str(doc.get("dns_update_state", "disabled")),
+                dns_update_unreachable=int(doc.get("dns_update_unreachable", 0)),
+                dns_last_success_timestamp=float(doc.get("dns_last_success_timestamp", 0.0)),
                 worker_usage=[
                     WorkerUsage(int(i), int(pid), float(cpu), int(rss), int(fds))
                     for i, pid, cpu, rss, fds in doc.get("worker_usage", [])
@@ -248,6 +260,9 @@ class Snapshot:
             started_timestamp=head.started_timestamp,
             firewall_state=head.firewall_state,
             dns_state=head.dns_state,
+            dns_update_state=head.dns_update_state,
+            dns_update_unreachable=head.dns_update_unreachable,
+            dns_last_success_timestamp=head.dns_last_success_timestamp,
             leases=list(owner.leases),
             workers=sum(p.workers for p in parts),
             prefix=head.prefix,

@@ -34,4 +34,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# promtool, for the alert rules' unit tests: taken out of Debian's prometheus
+# package, not installed, because installing it would also start a Prometheus.
+if [ ! -x .venv/bin/promtool ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null \
+        || { apt-get update -qq && apt-get download -qq prometheus; }; })
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+    install -m 0755 "$tmp/root/usr/bin/promtool" .venv/bin/promtool
+    rm -rf "$tmp"
+fi
 echo "setup: ready (.venv/bin/revnat64)"

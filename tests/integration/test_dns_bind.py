@@ -10,8 +10,11 @@ and an MX record someone added by hand.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dns.query
@@ -26,6 +29,7 @@ from publisher.dns_update import (
     DnsConflictError,
     DnsRefusedError,
     RetryPolicy,
+    UpdateStatus,
     apply_update,
     dns_update_status,
     prepare_update,
@@ -252,6 +256,77 @@ def test_background_update_publishes_and_reports_ok(named: Named, tmp_path: Path
     status = dns_update_status()
     assert status.state == "ok" and status.changes == 5, status
     assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+
+
+@contextmanager
+def frozen(named: Named) -> Iterator[None]:
+    """named stopped (SIGSTOP): the kernel still accepts TCP connections for it,
+    but nothing answers, as with a server that hangs or an uplink still down."""
+    named.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        named.proc.send_signal(signal.SIGCONT)
+
+
+def wait_for_state(state: str, timeout: float = 30.0) -> UpdateStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dns_update_status()
+        if status.state == state:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"DNS update state never became {state!r}: {dns_update_status()}")
+
+
+# One attempt per run, half a second each: the tests wait seconds, not minutes.
+QUICK = RetryPolicy(timeout=0.5, attempts=1)
+
+
+def test_an_unreachable_server_is_tried_again_until_it_answers(
+    named: Named, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    failures_before = dns_update_status().failures
+    with caplog.at_level(logging.WARNING, logger="test.dns"), frozen(named):
+        policy = RetryPolicy(timeout=0.5, attempts=1, later=(0.3,))
+        thread = start_background_update(cfg, logging.getLogger("test.dns"), policy)
+        status = wait_for_state("retrying")
+        assert "next try in 0.3 s" in status.message and "timed out" in status.message, status
+        assert status.failures > failures_before
+    # named answers again: the next scheduled run publishes, with no reload.
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    status = dns_update_status()
+    assert status.state == "ok" and status.changes == 5, status
+    assert status.last_success is not None and status.last_success >= status.finished_at - 1
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+    assert "trying again in 0.3 s" in caplog.text
+
+
+def test_a_reload_ends_a_waiting_retry_at_once(named: Named, tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    with frozen(named):
+        slow = RetryPolicy(timeout=0.5, attempts=1, later=(3600.0,))
+        waiting = start_background_update(cfg, logging.getLogger("test.dns"), slow)
+        wait_for_state("retrying")
+    newer = start_background_update(cfg, logging.getLogger("test.dns"), QUICK)
+    newer.join(timeout=60)
+    waiting.join(timeout=5)
+    assert not waiting.is_alive() and not newer.is_alive()
+    assert dns_update_status().state == "ok"
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+
+
+def test_without_later_runs_an_unreachable_server_is_an_error(named: Named, tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    with frozen(named):
+        policy = RetryPolicy(timeout=0.5, attempts=1, later=())
+        thread = start_background_update(cfg, logging.getLogger("test.dns"), policy)
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    status = dns_update_status()
+    assert status.state == "error" and "timed out" in status.message, status
 
 
 # --------------------------------------------------------------------------

@@ -49,7 +49,10 @@ def sample_snapshot() -> Snapshot:
         last_reload_timestamp=NOW - 300.0,
         started_timestamp=NOW - (2 * 86400 + 5 * 3600 + 7 * 60),
         firewall_state="applied",
-        dns_state="ok 2026-01-02T02:59:05Z",
+        dns_state="retrying 2026-01-02T02:59:05Z: DNS server 192.0.2.53:53 timed out",
+        dns_update_state="retrying",
+        dns_update_unreachable=2,
+        dns_last_success_timestamp=NOW - 3600.0,
         leases=[
             ("2001:db8:1::2", "198.51.100.7", 12.0),
             ("2001:db8:ffff::99", "198.51.100.9", 4000.0),

@@ -167,7 +167,8 @@ def test_background_update_reports_failure_in_its_status(tmp_path: Path) -> None
 
     cfg = load_config(_closed_port_config(tmp_path))
     log = logging.getLogger("test.dns.background")
-    thread = start_background_update(cfg, log, RetryPolicy(attempts=2, sleep=lambda s: None))
+    policy = RetryPolicy(attempts=2, sleep=lambda s: None, later=())  # no later runs
+    thread = start_background_update(cfg, log, policy)
     thread.join(timeout=30)
     assert not thread.is_alive()
     status = dns_update_status()

@@ -77,6 +77,14 @@ EXPECTED_SAMPLE = {
     series("revnat64_workers"): 2,
     series("revnat64_build_info", version=__version__, python=platform.python_version()): 1,
     series("revnat64_start_time_seconds"): NOW - 191_220,  # 2d 5h 7m
+    series("revnat64_dns_update_state", state="never"): 0,
+    series("revnat64_dns_update_state", state="running"): 0,
+    series("revnat64_dns_update_state", state="ok"): 0,
+    series("revnat64_dns_update_state", state="retrying"): 1,
+    series("revnat64_dns_update_state", state="conflict"): 0,
+    series("revnat64_dns_update_state", state="error"): 0,
+    series("revnat64_dns_update_unreachable_total"): 2,
+    series("revnat64_dns_update_last_success_timestamp_seconds"): NOW - 3600,
     series("revnat64_worker_cpu_seconds_total", worker="0"): 12.34,
     series("revnat64_worker_cpu_seconds_total", worker="1"): 187.5,
     series("revnat64_worker_resident_memory_bytes", worker="0"): 22_437_888,
@@ -107,8 +115,9 @@ def test_fresh_daemon_has_every_series_at_zero() -> None:
         assert samples[series("revnat64_pool_refused_total", reason=reason)] == 0
     for result in ("success", "failure"):
         assert samples[series("revnat64_reloads_total", result=result)] == 0
-    # Firewall disabled: the family exists, without series.
+    # Firewall and DNS updates disabled: the families exist, without series.
     assert not [k for k in samples if k[0].startswith("revnat64_firewall_")]
+    assert not [k for k in samples if k[0].startswith("revnat64_dns_")]
 
 
 def test_counters_of_a_removed_mapping_are_still_exported() -> None:

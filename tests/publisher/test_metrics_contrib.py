@@ -1,14 +1,17 @@
 """The example Grafana dashboard and alert rules use only metrics the exporter has.
 
 A renamed metric would otherwise leave users with an empty panel or, worse, an
-alert that can never fire.  (The rules also have promtool unit tests in
-contrib/prometheus/revnat64-alerts.test.yml for anyone with promtool.)
+alert that can never fire.  The rules' own unit tests
+(contrib/prometheus/revnat64-alerts.test.yml) run in promtool, which
+scripts/setup.sh unpacks from Debian's prometheus package.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +119,15 @@ def test_alert_unit_tests_cover_every_alert() -> None:
         if case.get("exp_alerts")
     }
     assert tested == alerts
+
+
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    """promtool evaluates every rule against recorded series, annotations included."""
+    promtool = Path(sys.executable).with_name("promtool")
+    assert promtool.exists(), f"{promtool} is missing: run scripts/setup.sh"
+    unit_tests = ALERTS.with_suffix(".test.yml").name
+    for args in (["check", "rules", ALERTS.name], ["test", "rules", unit_tests]):
+        done = subprocess.run(
+            [str(promtool), *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
