@@ -127,12 +127,15 @@ def revnat64_config(tmp: Path, mappings: int, metrics: bool) -> Path:
         {"name": "device", "ipv6": DEVICE6, "ipv4": DEVICE4, "allow": ["tcp/1-65535"]}
     ]
     for i in range(1, mappings):
-        # Filler mappings in 2001:db8:f00::/104 <-> 203.0.113.0/24 space, none of them used.
+        # Filler mappings, never sent to: 2001:db8:f00::/112 <-> 198.18.0.0/15.  The
+        # IPv4 documentation ranges hold 768 addresses, too few for 10,000 one-to-one
+        # mappings, so the IPv4 side takes RFC 2544's benchmarking range instead, which
+        # is reserved for labs like this one and never routed (RFC 6890).
         maps.append(
             {
                 "name": f"filler-{i}",
                 "ipv6": f"2001:db8:f00::{i:x}",
-                "ipv4": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                "ipv4": f"198.{18 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}",
             }
         )
     cfg = {
