@@ -1,6 +1,6 @@
 """The least a Python program can do to carry a ping through a TUN: a latency floor.
 
-    python bench/echo_probe.py TUN CLIENT6 DEVICE6 CLIENT4 DEVICE4
+    python bench/echo_probe.py [--blocking] TUN CLIENT6 DEVICE6 CLIENT4 DEVICE4
 
 This is a measuring instrument, not a translator.  It serves one flow, ICMP
 echo between CLIENT6 and DEVICE6 (seen on the IPv4 side as CLIENT4 and
@@ -10,6 +10,12 @@ at start, and each packet costs a few lines of arithmetic between one ``read``
 and one ``write``.  No Python translator can do less per packet, so
 ``bench/latency_floor.py`` uses its added round-trip time as the floor for
 revnat64's, beside Tayga's.
+
+It waits the way revnat64's worker does: ``poll``, then non-blocking reads
+until the queue is empty.  With ``--blocking`` it sleeps in a blocking
+``read`` instead, which measures much faster here (docs/benchmarks.md) but
+leaves a real daemon no way to hear from its supervisor or its timers without
+signals.
 
 Checksums are right (RFC 1624 updates), so the probe also works in the
 strict-checksum lab, where the end hosts verify them.
@@ -44,10 +50,10 @@ def fold(s: int) -> int:
     return s
 
 
-def serve(tun: str, client6: str, device6: str, client4: str, device4: str) -> None:
+def serve(tun: str, client6: str, device6: str, client4: str, device4: str, blocking: bool) -> None:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", tun.encode(), IFF_TUN | IFF_NO_PI))
-    os.set_blocking(fd, False)
+    os.set_blocking(fd, blocking)
     c6 = socket.inet_pton(socket.AF_INET6, client6)
     d6 = socket.inet_pton(socket.AF_INET6, device6)
     c4 = socket.inet_pton(socket.AF_INET, client4)
@@ -64,10 +70,11 @@ def serve(tun: str, client6: str, device6: str, client4: str, device4: str) -> N
     poller.register(fd, select.POLLIN)
     print("ready", flush=True)
     while True:
-        poller.poll()
+        if not blocking:
+            poller.poll()
         while True:
             try:
-                pkt = read(fd, 2048)
+                pkt = read(fd, 2048)  # with --blocking: sleeps here when the queue is empty
             except BlockingIOError:
                 break
             if pkt[0] >> 4 == 6:  # echo request, client -> device
@@ -99,4 +106,6 @@ def serve(tun: str, client6: str, device6: str, client4: str, device4: str) -> N
 
 
 if __name__ == "__main__":
-    serve(*sys.argv[1:6])
+    args = sys.argv[1:]
+    blocking = args[:1] == ["--blocking"]
+    serve(*args[blocking:][:5], blocking=blocking)

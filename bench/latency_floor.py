@@ -9,8 +9,10 @@ device through each one:
 
 * ``tayga``: Tayga 0.9.2 (C);
 * ``floor``: ``bench/echo_probe.py``, a Python loop that carries one echo flow
-  with everything precomputed and nothing checked.  It is the least any Python
-  translator can do per packet;
+  with everything precomputed and nothing checked, waiting as revnat64's
+  worker does (``poll``, then non-blocking reads).  It is the least any Python
+  translator built that way can do per packet;
+* ``floor_blocking``: the same probe sleeping in a blocking ``read``;
 * ``revnat64``: the real daemon, with the same configuration as ``bench/run.py``.
 
 Added latency is the median ping RTT to the device minus the median to the
@@ -52,10 +54,11 @@ PROBE_CLIENT4 = "198.51.100.2"  # the first pool4 address, as a pool lease would
 INTERVAL = "0.02"
 
 
-def start_floor(net: HomeRouterLab, tmp: Path) -> subprocess.Popen[bytes]:
+def start_probe(net: HomeRouterLab, blocking: bool) -> subprocess.Popen[bytes]:
     probe = ROOT / "bench" / "echo_probe.py"
+    wait = ["--blocking"] if blocking else []
     proc = net.router.popen(
-        [sys.executable, str(probe), TUN, CLIENT6, DEVICE6, PROBE_CLIENT4, DEVICE4],
+        [sys.executable, str(probe), *wait, TUN, CLIENT6, DEVICE6, PROBE_CLIENT4, DEVICE4],
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -66,10 +69,19 @@ def start_floor(net: HomeRouterLab, tmp: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def start_floor(net: HomeRouterLab, tmp: Path) -> subprocess.Popen[bytes]:
+    return start_probe(net, blocking=False)
+
+
+def start_floor_blocking(net: HomeRouterLab, tmp: Path) -> subprocess.Popen[bytes]:
+    return start_probe(net, blocking=True)
+
+
 Starter = Callable[[HomeRouterLab, Path], "subprocess.Popen[bytes]"]
 CONTENDERS: tuple[tuple[str, Starter], ...] = (
     ("tayga", start_tayga),
     ("floor", start_floor),
+    ("floor_blocking", start_floor_blocking),
     ("revnat64", start_revnat64),
 )
 
@@ -111,7 +123,7 @@ def main() -> int:
         for name, starter in CONTENDERS:
             ms = added_ms(name, starter, args.count, args.strict)
             runs[name].append(ms)
-            print(f"round {r + 1} {name:9} added {ms * 1000:6.1f} us", flush=True)
+            print(f"round {r + 1} {name:15} added {ms * 1000:6.1f} us", flush=True)
     medians = {name: statistics.median(v) for name, v in runs.items()}
     tayga = medians["tayga"]
     print(f"\n{'contender':10} {'added RTT':>10} {'vs tayga':>9}")
