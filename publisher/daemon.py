@@ -317,7 +317,7 @@ class Daemon:
             when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.finished_at or 0))
             snap.dns_state = f"{st.state} {when}: {st.message}".strip()
             snap.dns_update_state = st.state
-            snap.dns_update_unreachable = st.failures
+            snap.dns_update_unreachable = st.unreachable
             snap.dns_last_success_timestamp = st.last_success or 0.0
         return snap
 

@@ -814,7 +814,7 @@ class UpdateStatus:
     message: str = ""
     finished_at: float | None = None  # time.time()
     changes: int = 0
-    failures: int = 0  # background runs that found the server unreachable, ever
+    unreachable: int = 0  # background runs that found the server unreachable, ever
     last_success: float | None = None  # time.time() of the last "ok"
 
 
@@ -840,11 +840,6 @@ def dns_update_status() -> UpdateStatus:
         return _BACKGROUND.status
 
 
-def _set_status(status: UpdateStatus) -> None:
-    with _BACKGROUND.status_lock:
-        _BACKGROUND.status = status
-
-
 def start_background_update(
     cfg: Config, log: logging.Logger, policy: RetryPolicy = RetryPolicy()
 ) -> threading.Thread:
@@ -866,8 +861,8 @@ def start_background_update(
     def superseded() -> bool:
         return generation != _BACKGROUND.generation
 
-    def attempt(failures: int) -> float | None:
-        """One whole update; the wait before the next one, or None when done."""
+    def attempt(retry: int) -> float | None:
+        """One whole update (the ``retry``-th again); the wait before the next, or None."""
         with _BACKGROUND.status_lock:
             if superseded():
                 return None
@@ -875,9 +870,9 @@ def start_background_update(
         try:
             result = run_update(cfg, log=log, policy=policy)
         except DnsUnreachableError as exc:
-            failures += 1
             message = str(exc) or type(exc).__name__
-            delay = policy.later[min(failures, len(policy.later)) - 1] if policy.later else None
+            later = policy.later
+            delay = later[min(retry, len(later) - 1)] if later else None
             if delay is None:
                 log.error("DNS update failed: %s", message)
                 _finish("error", message, 0, unreachable=True)
@@ -901,13 +896,13 @@ def start_background_update(
         return None
 
     def work() -> None:
-        failures = 0
+        retry = 0
         while True:
             with _BACKGROUND.lock:
-                delay = attempt(failures)
+                delay = attempt(retry)
             if delay is None:
                 return
-            failures += 1
+            retry += 1
             # Outside the lock, so a newer request runs at once and ends this wait.
             with _BACKGROUND.newer:
                 if _BACKGROUND.newer.wait_for(superseded, timeout=delay):
@@ -927,6 +922,6 @@ def _finish(state: str, message: str, changes: int, unreachable: bool = False) -
             message,
             now,
             changes,
-            failures=old.failures + unreachable,
+            unreachable=old.unreachable + unreachable,
             last_success=now if state == "ok" else old.last_success,
         )

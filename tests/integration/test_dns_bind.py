@@ -287,13 +287,13 @@ def test_an_unreachable_server_is_tried_again_until_it_answers(
     named: Named, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = load_config(write_config(tmp_path / "c.yaml", named))
-    failures_before = dns_update_status().failures
+    unreachable_before = dns_update_status().unreachable
     with caplog.at_level(logging.WARNING, logger="test.dns"), frozen(named):
         policy = RetryPolicy(timeout=0.5, attempts=1, later=(0.3,))
         thread = start_background_update(cfg, logging.getLogger("test.dns"), policy)
         status = wait_for_state("retrying")
         assert "next try in 0.3 s" in status.message and "timed out" in status.message, status
-        assert status.failures > failures_before
+        assert status.unreachable > unreachable_before
     # named answers again: the next scheduled run publishes, with no reload.
     thread.join(timeout=60)
     assert not thread.is_alive()
