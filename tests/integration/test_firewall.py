@@ -1,4 +1,4 @@
-"""The firewall with real nftables and real iptables-nft, and real traffic, in namespaces.
+"""The firewall with real nftables and real iptables (nft and legacy), real traffic, in netns.
 
 Phase 1 (no daemon yet): ``tests/integration/firewall_lab.py`` replaces the
 TUN with a veth of the same name, so the rules see exactly the interfaces and
@@ -9,6 +9,7 @@ removal test shows the same probes answer once the rules are gone.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from tests.integration.firewall_lab import (
     FirewallLab,
     build_firewall_lab,
 )
+from tests.iptables_variants import VARIANTS, VERSION_MARK, variant_bin_dir
 from tests.netlab import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,7 +276,8 @@ def test_cli_apply_and_remove(fwlab: FirewallLab, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
-# iptables backend (real iptables-nft / ip6tables-nft)
+# iptables backend, with both real variants: iptables-nft (Debian's default)
+# and iptables-legacy (what Asuswrt-Merlin runs: the kernel's own xtables).
 
 
 def iptables_rules(fwlab: FirewallLab) -> list[str]:
@@ -282,8 +285,20 @@ def iptables_rules(fwlab: FirewallLab) -> list[str]:
     return [line for line in out.splitlines() if not line.startswith("#")]
 
 
+@pytest.fixture(params=VARIANTS)
+def iptables_variant(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The variant's tools first in PATH (tests/iptables_variants.py)."""
+    bin_dir = variant_bin_dir(tmp_path, request.param)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return str(request.param)
+
+
 @pytest.fixture
-def ipt(fwlab: FirewallLab, cfg: Config) -> Iterator[IptablesBackend]:
+def ipt(fwlab: FirewallLab, cfg: Config, iptables_variant: str) -> Iterator[IptablesBackend]:
+    version = fwlab.router.run(["iptables", "-V"]).stdout
+    assert VERSION_MARK[iptables_variant] in version, version
     backend = backend_for(cfg, "iptables", netns=fwlab.router.name)
     assert isinstance(backend, IptablesBackend)
     try:

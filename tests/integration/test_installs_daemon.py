@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
+from tests.iptables_variants import VARIANTS, VERSION_MARK, variant_bin_dir
 from tests.netlab import Lab, wait_for
 
 pytestmark = pytest.mark.integration
@@ -85,15 +86,21 @@ def test_reload_helper_waits_for_the_reload_and_reports_rejection(dlab: DaemonLa
     assert dlab.proc.poll() is None
 
 
-@pytest.fixture
-def merlin(lab: Lab, tmp_path: Path) -> Iterator[tuple[DaemonLab, dict[str, str]]]:
-    """A router namespace with a config for the iptables backend, and the hooks' env."""
+@pytest.fixture(params=VARIANTS)
+def merlin(
+    lab: Lab, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[DaemonLab, dict[str, str]]]:
+    """A router namespace with a config for the iptables backend, and the hooks' env,
+    once with iptables-nft and once with iptables-legacy (Merlin's own)."""
+    bin_dir = variant_bin_dir(tmp_path, request.param)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     d = DaemonLab(lab, tmp_path)
     cfg = base_config(tmp_path, d.tun)
     cfg["firewall"] = {"enabled": True, "backend": "iptables"}
     d.write_config(cfg)
+    assert VERSION_MARK[request.param] in d.router.run(["iptables", "-V"]).stdout
     env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
         "REVNAT64": str(revnat64_wrapper(tmp_path)),
         "REVNAT64_CONFIG": str(d.config_path),
         "REVNAT64_PIDFILE": str(tmp_path / "revnat64.pid"),
