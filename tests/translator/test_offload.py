@@ -285,14 +285,22 @@ def test_udpv4_superpacket_becomes_udpv6_superpacket_with_valid_segments() -> No
 
 
 def _client_with_seed(target: int, udp_len: int) -> str:
-    """An IPv6 client address whose UDP pseudo-header seed towards CAM6 is ``target``."""
-    base = "2001:db8:ffff::"
-    for last in range(1, 0x10000):
-        src = f"{base}{last:x}"
+    """An IPv6 client address whose UDP pseudo-header seed towards CAM6 is ``target``.
+
+    The seed is the folded pseudo-header sum, and only the address's last word
+    varies: with that word 0 the seed is ``s0``, with ``k`` it is s0 + k with
+    end-around carry.  Solve for ``k``, then check with the kernel-style seed.
+    """
+
+    def seed(src: str) -> int:
         probe = raw(IPv6(src=src, dst=CAM6) / UDP(sport=1, dport=2) / Raw(bytes(udp_len - 8)))
-        if partial(probe, 40, 6)[46:48] == struct.pack("!H", target):
-            return src
-    raise AssertionError("no address found")
+        return int(struct.unpack("!H", partial(probe, 40, 6)[46:48])[0])
+
+    s0 = seed("2001:db8:ffff::")
+    last = (target - s0) % 0xFFFF or 0xFFFF  # in 1..0xFFFF: s0 + last folds to target
+    src = f"2001:db8:ffff::{last:x}"
+    assert seed(src) == target, (hex(s0), hex(last))
+    return src
 
 
 def test_udp_superpacket_with_all_ones_seed_stays_partial_and_valid() -> None:
