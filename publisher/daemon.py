@@ -53,6 +53,8 @@ from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
+# How often the daemon checks that its nftables table is still there.
+FIREWALL_CHECK_INTERVAL = 5.0
 
 
 class StartupError(RuntimeError):
@@ -145,6 +147,7 @@ class Daemon:
         self.started = time.time()
         self.firewall: Any = None
         self.firewall_state = "disabled"
+        self.firewall_reapplied = 0  # times the table was gone and put back
         self.services: list[Any] = []  # things with .close()/.stop() on shutdown
 
     # -- lifecycle ------------------------------------------------------------
@@ -303,6 +306,7 @@ class Daemon:
         snap.last_reload_timestamp = self.last_reload
         snap.started_timestamp = self.started
         snap.firewall_state = self.firewall_state
+        snap.firewall_reapplied = self.firewall_reapplied
         firewall = self.firewall
         if firewall is not None:
             try:
@@ -332,6 +336,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         sdnotify.notify("READY=1", self.status_line())
+        next_firewall_check = time.monotonic() + FIREWALL_CHECK_INTERVAL
         while not self.stopping:
             if self.reload_requested:
                 self.reload_requested = False
@@ -341,8 +346,38 @@ class Daemon:
                 if not worker.alive():
                     log.error("data-plane worker %d (pid %d) died; stopping", index, worker.pid)
                     return 1
+            if time.monotonic() >= next_firewall_check:
+                self._check_firewall()
+                next_firewall_check = time.monotonic() + FIREWALL_CHECK_INTERVAL
             time.sleep(0.2)  # signals interrupt the sleep (PEP 475 resumes it after)
         return 0
+
+    def _check_firewall(self) -> None:
+        """Put the firewall back if something removed it (nftables backend).
+
+        ``systemctl restart nftables`` loads /etc/nftables.conf, which usually
+        starts with ``flush ruleset``: our table goes with it, and the allow
+        lists stop being enforced.  This closes that hole within
+        FIREWALL_CHECK_INTERVAL, says so in the log and counts it.
+        """
+        firewall = self.firewall
+        if firewall is None or not firewall.reapply_when_gone:
+            return
+        try:
+            if firewall.is_applied():
+                return
+            log.warning(
+                "firewall: the %s rules are gone (a `flush ruleset`, e.g. systemctl restart "
+                "nftables?); applying them again",
+                firewall.name,
+            )
+            firewall.apply()
+        except Exception as exc:  # keep checking; the state says what is wrong
+            self.firewall_state = f"error: {exc}"
+            log.error("firewall: %s", exc)
+            return
+        self.firewall_reapplied += 1
+        self.firewall_state = "applied"
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self.reload_requested = True

@@ -51,6 +51,7 @@ class FirewallBackend(Protocol):
     """What the daemon and the CLI need from a backend."""
 
     name: str
+    reapply_when_gone: bool
 
     def render(self) -> str: ...
     def apply(self) -> None: ...
@@ -66,6 +67,10 @@ class NftablesBackend:
     cfg: Config
     netns: str | None = None
     name: str = "nftables"
+    reapply_when_gone = True
+    """The daemon puts the table back when it disappears (``flush ruleset``,
+    e.g. ``systemctl restart nftables``): one atomic nft transaction, safe
+    even if ``revnat64 firewall --apply`` runs at the same moment."""
 
     def render(self) -> str:
         return render_nftables(self.cfg)
@@ -94,6 +99,9 @@ class IptablesBackend:
     cfg: Config
     netns: str | None = None
     name: str = "iptables"
+    reapply_when_gone = False
+    """Re-applying is the router's firewall hook's job (Merlin's firewall-start):
+    two concurrent applies could both add the FORWARD jump."""
 
     def render(self) -> str:
         return render_iptables(self.cfg)

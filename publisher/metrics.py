@@ -207,11 +207,20 @@ def _firewall_families(snap: Snapshot) -> Iterator[Metric]:
         "Bytes of the packets counted in revnat64_firewall_dropped_packets_total.",
         labels=("mapping",),
     )
+    reapplied = CounterMetricFamily(
+        "revnat64_firewall_reapplied",
+        "Times the daemon found its nftables table gone (a flush ruleset, e.g. an "
+        "nftables restart) and applied it again. Until then the allow lists were not "
+        "enforced. Absent when the firewall is disabled.",
+    )
     for name, (pkts, nbytes) in sorted(snap.firewall_drops.items()):
         packets.add_metric((name,), pkts)
         octets.add_metric((name,), nbytes)
+    if snap.firewall_state != "disabled":
+        reapplied.add_metric((), snap.firewall_reapplied)
     yield packets
     yield octets
+    yield reapplied
 
 
 def _daemon_families(snap: Snapshot) -> Iterator[Metric]:

@@ -109,6 +109,7 @@ class Snapshot:
     last_reload_timestamp: float = 0.0
     started_timestamp: float = 0.0
     firewall_state: str = "disabled"  # "applied" | "disabled" | "error: ..."
+    firewall_reapplied: int = 0  # times the daemon found its rules gone and put them back
     dns_state: str = "disabled"  # "disabled" | "ok <when>" | "error: ..."
     # The background DNS update (dns.update_on_change): its state word ("disabled",
     # "never", "running", "ok", "retrying", "conflict", "error"), the runs that found
@@ -146,6 +147,7 @@ class Snapshot:
             "last_reload_timestamp": self.last_reload_timestamp,
             "started_timestamp": self.started_timestamp,
             "firewall_state": self.firewall_state,
+            "firewall_reapplied": self.firewall_reapplied,
             "dns_state": self.dns_state,
             "dns_update_state": self.dns_update_state,
             "dns_update_unreachable": self.dns_update_unreachable,
@@ -199,6 +201,7 @@ class Snapshot:
                 workers=int(doc["workers"]),
                 # Optional: a daemon one version older does not send them.
                 prefix=str(doc.get("prefix", "")),
+                firewall_reapplied=int(doc.get("firewall_reapplied", 0)),
                 dns_update_state=str(doc.get("dns_update_state", "disabled")),
                 dns_update_unreachable=int(doc.get("dns_update_unreachable", 0)),
                 dns_last_success_timestamp=float(doc.get("dns_last_success_timestamp", 0.0)),
@@ -259,6 +262,7 @@ class Snapshot:
             last_reload_timestamp=head.last_reload_timestamp,
             started_timestamp=head.started_timestamp,
             firewall_state=head.firewall_state,
+            firewall_reapplied=head.firewall_reapplied,
             dns_state=head.dns_state,
             dns_update_state=head.dns_update_state,
             dns_update_unreachable=head.dns_update_unreachable,

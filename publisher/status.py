@@ -144,7 +144,10 @@ def render_status(snap: Snapshot, now: float) -> str:
     else:
         last = "never"
     lines.append(f"last reload:   {last} ({ok} succeeded, {failed} failed)")
-    lines.append(f"firewall:      {snap.firewall_state}")
+    firewall = snap.firewall_state
+    if snap.firewall_reapplied:
+        firewall += f" (found gone and put back {snap.firewall_reapplied}x; see the log)"
+    lines.append(f"firewall:      {firewall}")
     lines.append(f"dns:           {snap.dns_state}")
     uptime = format_duration(now - snap.started_timestamp) if snap.started_timestamp else "?"
     lines.append(f"uptime:        {uptime}, {snap.workers} worker(s)")

@@ -7,7 +7,9 @@ so the IPv4 half of the rules sees genuinely translated packets from pool4.
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 from tests.integration.daemon_lab import DaemonLab, base_config
 from tests.integration.test_daemon_e2e import download_sha, serve_http
-from tests.netlab import DEVICE6, Lab
+from tests.netlab import DEVICE6, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +75,22 @@ def test_daemon_enforces_allow_list_reloads_and_removes(fwd: DaemonLab) -> None:
 
     assert fwd.stop() == 0
     assert "revnat64" not in tables(fwd)
+
+
+def test_a_flushed_ruleset_is_put_back_and_enforced_again(fwd: DaemonLab) -> None:
+    """`systemctl restart nftables` runs `flush ruleset`; the daemon notices and re-applies."""
+    fwd.start()
+    serve_http(fwd, 1000, port=8081)
+    assert fetch(fwd, 8081).returncode != 0
+    fwd.router.run(["nft", "flush", "ruleset"])
+    assert "revnat64" not in tables(fwd)
+    # Within FIREWALL_CHECK_INTERVAL (5 s) the table is back, and so is the allow list.
+    wait_for(lambda: "table inet revnat64" in tables(fwd), timeout=20, what="the table back")
+    assert fetch(fwd, 8081).returncode != 0
+    assert "applying them again" in fwd.logs()
+    status = fwd.router.run(
+        [sys.executable, "-m", "publisher.cli", "status", "--json", "-c", str(fwd.config_path)]
+    )
+    snap = json.loads(status.stdout)
+    assert snap["firewall_reapplied"] == 1 and snap["firewall_state"] == "applied", snap
+    assert fwd.stop() == 0

@@ -49,6 +49,7 @@ def sample_snapshot() -> Snapshot:
         last_reload_timestamp=NOW - 300.0,
         started_timestamp=NOW - (2 * 86400 + 5 * 3600 + 7 * 60),
         firewall_state="applied",
+        firewall_reapplied=1,
         dns_state="retrying 2026-01-02T02:59:05Z: DNS server 192.0.2.53:53 timed out",
         dns_update_state="retrying",
         dns_update_unreachable=2,

@@ -70,6 +70,7 @@ EXPECTED_SAMPLE = {
     series("revnat64_firewall_dropped_bytes_total", mapping="frontdoor-cam"): 2520,
     series("revnat64_firewall_dropped_bytes_total", mapping="nas"): 0,
     series("revnat64_firewall_dropped_bytes_total", mapping="lab-range"): 420,
+    series("revnat64_firewall_reapplied_total"): 1,
     series("revnat64_reloads_total", result="success"): 3,
     series("revnat64_reloads_total", result="failure"): 1,
     series("revnat64_last_reload_success_timestamp_seconds"): NOW - 300,

@@ -204,6 +204,7 @@ def test_snapshot_field_names_are_the_contract() -> None:
         "last_reload_timestamp",
         "started_timestamp",
         "firewall_state",
+        "firewall_reapplied",
         "dns_state",
         "dns_update_state",
         "dns_update_unreachable",
