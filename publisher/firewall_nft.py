@@ -241,8 +241,11 @@ def is_applied(cfg: Config, netns: str | None = None) -> bool:
     Asks for the table names only: listing the table itself prints every set
     element, megabytes with 10,000 mappings, and the daemon asks every few
     seconds (and on every scrape)."""
-    family, name = TABLE.split()
-    proc = run_command(["nft", "list", "tables", family], "listing the tables", netns=netns)
+    family = TABLE.split()[0]
+    try:
+        proc = run_command(["nft", "list", "tables", family], "listing the tables", netns=netns)
+    except FirewallError:
+        return False
     return f"table {TABLE}" in (line.strip() for line in proc.stdout.splitlines())
 
 
