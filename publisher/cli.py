@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--apply", action="store_true", help="replace our ruleset atomically")
     mode.add_argument("--remove", action="store_true", help="remove our ruleset")
+    mode.add_argument(
+        "--fw4-snippet",
+        metavar="PATH",
+        help="OpenWrt: write the fw4 forward-chain snippet for this config to PATH "
+        "('-': print it); says 'updated' when PATH changed, so fw4 needs a reload",
+    )
     p.add_argument(
         "--backend",
         choices=("nftables", "iptables"),

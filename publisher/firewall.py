@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from publisher import firewall_iptables, firewall_nft
 from publisher.config import Config
 from publisher.firewall_common import FirewallError
 from publisher.firewall_iptables import render_iptables
-from publisher.firewall_nft import render_nftables
+from publisher.firewall_nft import render_fw4_snippet, render_nftables
+from publisher.netlink import atomic_write
 
 __all__ = [
     "BACKENDS",
@@ -157,6 +159,25 @@ def read_drop_counters(cfg: Config) -> dict[str, tuple[int, int]]:
     return backend_for(cfg).drop_counters()
 
 
+def write_fw4_snippet(cfg: Config, path: str) -> int:
+    """Write (or print, for ``-``) :func:`render_fw4_snippet`; only when it differs."""
+    text = render_fw4_snippet(cfg)
+    if path == "-":
+        sys.stdout.write(text)
+        return 0
+    target = Path(path)
+    try:
+        if target.exists() and target.read_text(encoding="utf-8") == text:
+            print(f"revnat64: {target} unchanged")
+            return 0
+        atomic_write(target, text, mode=0o644)
+    except OSError as exc:
+        print(f"revnat64: writing the fw4 snippet {target}: {exc}", file=sys.stderr)
+        return 1
+    print(f"revnat64: {target} updated")
+    return 0
+
+
 def cmd_firewall(args: argparse.Namespace) -> int:
     """``revnat64 firewall -c FILE --print|--apply|--remove [--backend B]``."""
     from publisher.config import load_config_or_report
@@ -164,6 +185,8 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     cfg = load_config_or_report(args.config)
     if cfg is None:
         return 1
+    if getattr(args, "fw4_snippet", None):
+        return write_fw4_snippet(cfg, args.fw4_snippet)
     backend = backend_for(cfg, getattr(args, "backend", None))
     if args.print:
         sys.stdout.write(backend.render())

@@ -20,6 +20,7 @@ import pytest
 
 from publisher.config import Config, parse_config_text
 from publisher.firewall import IptablesBackend, NftablesBackend, backend_for
+from publisher.firewall_nft import render_fw4_snippet
 from tests.integration.firewall_lab import (
     BULK_BYTES,
     BULK_PORT,
@@ -356,12 +357,12 @@ def test_iptables_traffic_follows_the_allow_lists(fwlab: FirewallLab, ipt: Iptab
 
 
 def test_openwrt_fw4_snippet_lets_vetted_traffic_through_a_dropping_fw4(
-    fwlab: FirewallLab, nft: NftablesBackend, tmp_path: Path
+    fwlab: FirewallLab, nft: NftablesBackend, cfg: Config, tmp_path: Path
 ) -> None:
-    """contrib/openwrt/fw4-revnat64.nft inside an fw4-like forward chain whose policy is drop."""
-    snippet = (ROOT / "contrib" / "openwrt" / "fw4-revnat64.nft").read_text(encoding="utf-8")
+    """The fw4 snippet (`revnat64 firewall --fw4-snippet`, what the OpenWrt init script
+    writes) inside an fw4-like forward chain whose policy is drop."""
     included = tmp_path / "30-revnat64.nft"
-    included.write_text(snippet.replace('"revnat64"', '"rn64t0"'), encoding="utf-8")
+    included.write_text(render_fw4_snippet(cfg), encoding="utf-8")
     fw4 = f"""table inet fw4 {{
 	chain forward {{
 		type filter hook forward priority filter; policy drop;

@@ -20,6 +20,7 @@ from publisher.config import Config, parse_config_text
 from publisher.firewall import backend_for, render_iptables, render_nftables
 from publisher.firewall_common import PortRange, ports_by_proto
 from publisher.firewall_iptables import CHAIN_MAX, mapping_chain, plan_iptables
+from publisher.firewall_nft import render_fw4_snippet
 from tests.netlab import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,3 +208,41 @@ def test_backend_for_follows_config_and_override() -> None:
     assert backend_for(cfg).name == "iptables"
     assert backend_for(cfg, "nftables").name == "nftables"
     assert backend_for(config(SINGLE)).name == "nftables"
+
+
+def rules(snippet: str) -> list[str]:
+    return [line for line in snippet.splitlines() if line and not line.startswith("#")]
+
+
+def test_fw4_snippet_names_the_configured_tun_and_matches_the_shipped_default() -> None:
+    snippet = render_fw4_snippet(config(SINGLE + "firewall: {enabled: true}\n"))
+    vetted = 'accept comment "revnat64: vetted by table inet revnat64"'
+    assert rules(snippet) == [
+        f'oifname "rn64t0" meta nfproto ipv6 {vetted}',
+        f'iifname "rn64t0" meta nfproto ipv4 {vetted}',
+    ]
+    shipped = (ROOT / "contrib" / "openwrt" / "fw4-revnat64.nft").read_text(encoding="utf-8")
+    default = render_fw4_snippet(config(SINGLE.replace("rn64t0", "revnat64")))
+    assert rules(shipped) == rules(default)
+
+
+@pytest.mark.parametrize(
+    "firewall", ["firewall: {enabled: false}\n", "firewall: {enabled: true, backend: iptables}\n"]
+)
+def test_fw4_snippet_accepts_nothing_without_our_nftables_table(firewall: str) -> None:
+    snippet = render_fw4_snippet(config(SINGLE + firewall))
+    assert rules(snippet) == []
+    assert "Nothing is accepted" in snippet
+
+
+def test_fw4_snippet_is_written_only_when_it_changes(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(SINGLE, encoding="utf-8")
+    target = tmp_path / "nftables.d" / "30-revnat64.nft"
+    cmd = [sys.executable, "-m", "publisher.cli", "firewall", "-c", str(cfg_file)]
+    first = subprocess.run([*cmd, "--fw4-snippet", str(target)], capture_output=True, text=True)
+    again = subprocess.run([*cmd, "--fw4-snippet", str(target)], capture_output=True, text=True)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.endswith(" updated\n") and again.stdout.endswith(" unchanged\n")
+    assert rules(target.read_text(encoding="utf-8"))[0].startswith('oifname "rn64t0"')
+    assert oct(target.stat().st_mode & 0o777) == "0o644"

@@ -333,16 +333,29 @@ reload() {
 
 
 def run_procd_action(
-    tmp_path: Path, action: str, uci: dict[str, str], check_ok: bool = True
+    tmp_path: Path,
+    action: str,
+    uci: dict[str, str],
+    check_ok: bool = True,
+    fw4_snippet: str | None = None,
 ) -> tuple[int, list[str], str]:
-    """Run ``/etc/init.d/revnat64 ACTION`` under the stand-in; return rc, record, stderr."""
+    """Run ``/etc/init.d/revnat64 ACTION`` under the stand-in; return rc, record, stderr.
+
+    With ``fw4_snippet`` ("updated" or "unchanged") the host has a stand-in
+    ``fw4``, and ``revnat64 firewall --fw4-snippet`` answers with that word."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     stub = bin_dir / "revnat64"
     stub.write_text(
-        f'#!/bin/sh\nprintf "revnat64 %s\\n" "$*" >>"$RECORD"\nexit {0 if check_ok else 1}\n'
+        '#!/bin/sh\nprintf "revnat64 %s\\n" "$*" >>"$RECORD"\n'
+        f'case "$*" in *--fw4-snippet*) echo "revnat64: snippet {fw4_snippet}";; esac\n'
+        f"exit {0 if check_ok else 1}\n"
     )
     stub.chmod(0o755)
+    if fw4_snippet is not None:
+        fw4 = bin_dir / "fw4"
+        fw4.write_text('#!/bin/sh\nprintf "fw4 %s\\n" "$*" >>"$RECORD"\n')
+        fw4.chmod(0o755)
     rc_common = tmp_path / "rc.common"
     rc_common.write_text(RC_COMMON_STANDIN)
     uci_file = tmp_path / "uci"
@@ -393,6 +406,30 @@ def test_procd_start_registers_instance_and_triggers(tmp_path: Path) -> None:
         "procd_close_trigger",
         "procd_close_service",
     ]
+
+
+FW4_SNIPPET = "/usr/share/nftables.d/chain-pre/forward/30-revnat64.nft"
+WRITE_SNIPPET = f"revnat64 firewall -c /etc/revnat64/mappings.yaml --fw4-snippet {FW4_SNIPPET}"
+CHECK = "revnat64 check --quiet -c /etc/revnat64/mappings.yaml"
+
+
+@pytest.mark.parametrize("result", ["updated", "unchanged"])
+def test_procd_start_rewrites_the_fw4_snippet_and_reloads_fw4_only_on_change(
+    tmp_path: Path, result: str
+) -> None:
+    rc, calls, err = run_procd_action(tmp_path, "start", {}, fw4_snippet=result)
+    assert rc == 0, err
+    assert calls.index(WRITE_SNIPPET) == calls.index(CHECK) + 1
+    assert ("fw4 reload" in calls) == (result == "updated")
+    # ... and before the daemon is registered, so fw4 lets its first packets through.
+    assert calls.index(WRITE_SNIPPET) < calls.index("procd_open_instance main")
+
+
+def test_procd_leaves_fw4_alone_when_told_to(tmp_path: Path) -> None:
+    rc, calls, err = run_procd_action(tmp_path, "start", {"fw4": "0"}, fw4_snippet="updated")
+    assert rc == 0, err
+    assert WRITE_SNIPPET not in calls and "fw4 reload" not in calls
+    assert "procd_open_instance main" in calls
 
 
 def test_procd_uci_settings_reach_command_and_triggers(tmp_path: Path) -> None:
