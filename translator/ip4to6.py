@@ -379,4 +379,15 @@ def translate_icmp4_error(
         + U32.pack(rest)
         + body
     )
+    if index < 0:
+        # From an IPv4 host no mapping covers (a LAN router's Fragmentation Needed):
+        # counted under the mapping the packet in error was for, not as prefix traffic.
+        index = inner_destination_mapping(tr, original)
     return Verdict(_FORWARD, (packet,), _NONE, index)
+
+
+def inner_destination_mapping(tr: Translator, original: bytes) -> int:
+    """The EAM index of the inner packet's IPv4 destination; -1 for none.  The
+    packet in error went from a client (a pool4 or prefix address) towards it."""
+    m = tr._tables.lookup4(original[16:20]) if len(original) >= 20 else None
+    return m[2] if m is not None else -1
