@@ -29,25 +29,16 @@ import select
 import socket
 import struct
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from translator.checksum import fold, ones_sum  # noqa: E402
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 ICMPV6 = 58
-
-
-def ones_sum(data: bytes) -> int:
-    """16-bit ones' complement sum (RFC 1071) of an even-length byte string."""
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def serve(tun: str, client6: str, device6: str, client4: str, device4: str, blocking: bool) -> None:

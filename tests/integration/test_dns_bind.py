@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ from tests.dnsservers import (
     running_named,
     tsig_keygen,
 )
+from tests.netlab import wait_for
 
 HAND_MADE = 'frontdoor IN TXT "installed 2023"\nfrontdoor IN MX 10 mail.example.org.\n'
 FRONTDOOR = "frontdoor.cam.example.org."
@@ -269,14 +269,12 @@ def frozen(named: Named) -> Iterator[None]:
         named.proc.send_signal(signal.SIGCONT)
 
 
-def wait_for_state(state: str, timeout: float = 30.0) -> UpdateStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_state(state: str) -> UpdateStatus:
+    def reached() -> UpdateStatus | None:
         status = dns_update_status()
-        if status.state == state:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"DNS update state never became {state!r}: {dns_update_status()}")
+        return status if status.state == state else None
+
+    return wait_for(reached, timeout=30, what=f"DNS update state {state!r}")
 
 
 # One attempt per run, half a second each: the tests wait seconds, not minutes.
