@@ -290,10 +290,12 @@ class Daemon:
             self.services.append(writer)
 
     def _maybe_update_dns(self, cfg: Config) -> None:
-        if cfg.dns.update_on_change and cfg.dns.server:
-            from publisher.dns_update import start_background_update
+        from publisher.dns_update import cancel_background_update, start_background_update
 
+        if cfg.dns.update_on_change and cfg.dns.server:
             start_background_update(cfg, logging.getLogger("revnat64.dns"))
+        else:
+            cancel_background_update()  # a reload turned updates off: no retries of the old
 
     def export(self) -> Any:
         """A Snapshot for the exporters: the workers' counters plus the supervisor's state."""

@@ -96,6 +96,7 @@ __all__ = [
     "UpdateResult",
     "UpdateStatus",
     "apply_update",
+    "cancel_background_update",
     "dns_update_status",
     "parse_claims",
     "plan_update",
@@ -911,6 +912,15 @@ def start_background_update(
     thread = threading.Thread(target=work, name=f"revnat64-dns-update-{generation}", daemon=True)
     thread.start()
     return thread
+
+
+def cancel_background_update() -> None:
+    """End a background update's wait for its next try (a reload turned updates off).
+
+    A run in progress finishes; none starts after it."""
+    with _BACKGROUND.status_lock:
+        _BACKGROUND.generation += 1
+        _BACKGROUND.newer.notify_all()
 
 
 def _finish(state: str, message: str, changes: int, unreachable: bool = False) -> None:

@@ -30,6 +30,7 @@ from publisher.dns_update import (
     RetryPolicy,
     UpdateStatus,
     apply_update,
+    cancel_background_update,
     dns_update_status,
     prepare_update,
     run_update,
@@ -314,6 +315,19 @@ def test_a_reload_ends_a_waiting_retry_at_once(named: Named, tmp_path: Path) -> 
     assert not waiting.is_alive() and not newer.is_alive()
     assert dns_update_status().state == "ok"
     assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+
+
+def test_turning_updates_off_ends_a_waiting_retry(named: Named, tmp_path: Path) -> None:
+    """A reload with dns.update_on_change false: the old config is never sent again."""
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    with frozen(named):
+        slow = RetryPolicy(timeout=0.5, attempts=1, later=(3600.0,))
+        waiting = start_background_update(cfg, logging.getLogger("test.dns"), slow)
+        wait_for_state("retrying")
+    cancel_background_update()
+    waiting.join(timeout=5)
+    assert not waiting.is_alive()
+    assert named.rrset(NAS, "AAAA") == set()
 
 
 def test_without_later_runs_an_unreachable_server_is_an_error(named: Named, tmp_path: Path) -> None:
