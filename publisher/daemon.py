@@ -375,8 +375,10 @@ class Daemon:
             )
             firewall.apply()
         except Exception as exc:  # keep checking; the state says what is wrong
-            self.firewall_state = f"error: {exc}"
-            log.error("firewall: %s", exc)
+            state = f"error: {exc}"
+            if state != self.firewall_state:  # once per new problem, not every 5 s
+                log.error("firewall: %s", exc)
+            self.firewall_state = state
             return
         self.firewall_reapplied += 1
         self.firewall_state = "applied"
