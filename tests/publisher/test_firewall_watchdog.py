@@ -1,0 +1,72 @@
+"""The daemon's firewall watchdog (Daemon._check_firewall) against a scripted backend.
+
+The real thing, `nft flush ruleset` under a running daemon, is in
+tests/integration/test_firewall_daemon.py; this covers the paths a real
+nftables rarely takes: a re-apply that fails, again and again, then works.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from publisher.daemon import Daemon
+from publisher.firewall_common import FirewallError
+
+
+class ScriptedBackend:
+    name = "nftables"
+    reapply_when_gone = True
+
+    def __init__(self, present: list[bool], apply_errors: list[str | None]) -> None:
+        self.present = present
+        self.apply_errors = apply_errors
+        self.applied = 0
+
+    def is_applied(self) -> bool:
+        return self.present.pop(0)
+
+    def apply(self) -> None:
+        error = self.apply_errors.pop(0)
+        if error:
+            raise FirewallError(error)
+        self.applied += 1
+
+
+def daemon_with(backend: object) -> SimpleNamespace:
+    return SimpleNamespace(firewall=backend, firewall_state="applied", firewall_reapplied=0)
+
+
+def check(d: SimpleNamespace) -> None:
+    Daemon._check_firewall(d)  # type: ignore[arg-type]
+
+
+def test_a_present_table_is_left_alone() -> None:
+    backend = ScriptedBackend([True], [])
+    d = daemon_with(backend)
+    check(d)
+    assert backend.applied == 0 and d.firewall_reapplied == 0 and d.firewall_state == "applied"
+
+
+def test_a_failing_reapply_is_logged_once_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    backend = ScriptedBackend([False, False, False], ["nft: no table", "nft: no table", None])
+    d = daemon_with(backend)
+    with caplog.at_level(logging.WARNING, logger="revnat64"):
+        check(d)
+        check(d)
+    assert d.firewall_state == "error: nft: no table" and d.firewall_reapplied == 0
+    assert sum("nft: no table" in r.getMessage() for r in caplog.records) == 1
+    assert sum("applying them again" in r.getMessage() for r in caplog.records) == 2
+    check(d)
+    assert d.firewall_state == "applied" and d.firewall_reapplied == 1 and backend.applied == 1
+
+
+def test_backends_that_leave_reapplying_to_the_router_are_not_touched() -> None:
+    backend = ScriptedBackend([], [])
+    backend.reapply_when_gone = False
+    d = daemon_with(backend)
+    check(d)  # is_applied would pop from an empty script: it must not be called
+    assert d.firewall_reapplied == 0
+    check(daemon_with(None))  # firewall disabled
