@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import dns.update
 import pytest
 
 from publisher.cli import main
-from publisher.config import load_config
+from publisher.config import Config, load_config
 from publisher.dns_records import build_records, ownership_name
 from publisher.dns_tsig import load_tsig_key
 from publisher.dns_update import (
@@ -303,12 +304,18 @@ def test_an_unreachable_server_is_tried_again_until_it_answers(
     assert "trying again in 0.3 s" in caplog.text
 
 
-def test_a_reload_ends_a_waiting_retry_at_once(named: Named, tmp_path: Path) -> None:
+def retrying_for_an_hour(named: Named, tmp_path: Path) -> tuple[Config, threading.Thread]:
+    """A background update that found named frozen and now waits an hour to try again."""
     cfg = load_config(write_config(tmp_path / "c.yaml", named))
     with frozen(named):
         slow = RetryPolicy(timeout=0.5, attempts=1, later=(3600.0,))
         waiting = start_background_update(cfg, logging.getLogger("test.dns"), slow)
         wait_for_state("retrying")
+    return cfg, waiting
+
+
+def test_a_reload_ends_a_waiting_retry_at_once(named: Named, tmp_path: Path) -> None:
+    cfg, waiting = retrying_for_an_hour(named, tmp_path)
     newer = start_background_update(cfg, logging.getLogger("test.dns"), QUICK)
     newer.join(timeout=60)
     waiting.join(timeout=5)
@@ -319,11 +326,7 @@ def test_a_reload_ends_a_waiting_retry_at_once(named: Named, tmp_path: Path) -> 
 
 def test_turning_updates_off_ends_a_waiting_retry(named: Named, tmp_path: Path) -> None:
     """A reload with dns.update_on_change false: the old config is never sent again."""
-    cfg = load_config(write_config(tmp_path / "c.yaml", named))
-    with frozen(named):
-        slow = RetryPolicy(timeout=0.5, attempts=1, later=(3600.0,))
-        waiting = start_background_update(cfg, logging.getLogger("test.dns"), slow)
-        wait_for_state("retrying")
+    _, waiting = retrying_for_an_hour(named, tmp_path)
     cancel_background_update()
     waiting.join(timeout=5)
     assert not waiting.is_alive()
