@@ -388,6 +388,7 @@ def translate_icmp4_error(
 
 def inner_destination_mapping(tr: Translator, original: bytes) -> int:
     """The EAM index of the inner packet's IPv4 destination; -1 for none.  The
-    packet in error went from a client (a pool4 or prefix address) towards it."""
-    m = tr._tables.lookup4(original[16:20]) if len(original) >= 20 else None
+    packet in error went from a client (a pool4 or prefix address) towards it.
+    Called only after translate_inner_4to6 accepted ``original``, so its header is whole."""
+    m = tr._tables.lookup4(original[16:20])
     return m[2] if m is not None else -1
