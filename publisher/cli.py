@@ -123,7 +123,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from publisher.config import config_warnings, load_config_or_report, summary
     from publisher.system_checks import system_problems
 
-    cfg = load_config_or_report(args.config, stream=sys.stdout)
+    cfg = load_config_or_report(args.config, stream=sys.stdout, placeholder=True)
     if cfg is None:
         return 1
     from publisher.dns_records import name_collisions

@@ -25,10 +25,13 @@ from typing import Any, TextIO, TypeVar, cast
 
 import yaml
 
+from publisher.prefix import PLACEHOLDER, is_relative, read_prefix, resolve, resolve_address
+
 __all__ = [
     "AllowRule",
     "Config",
     "ConfigError",
+    "PrefixMissing",
     "DaemonSettings",
     "DnsSettings",
     "FirewallSettings",
@@ -78,6 +81,13 @@ class ConfigError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class PrefixMissing(ConfigError):
+    """``wan.prefix_from`` has no usable prefix now (the daemon waits for one)."""
+
+
+PrefixLookup = Callable[[str], "IPv6Network | None"]
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,10 @@ class TranslatorSection:
 class WanSettings:
     interface: str
     proxy_ndp: bool = True
+    prefix_from: str | None = None
+    """The interface whose global prefix ``::suffix`` addresses follow (publisher.prefix)."""
+    prefix: IPv6Network | None = None
+    """The prefix they were resolved against (prefix.PLACEHOLDER while there is none)."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +282,8 @@ class _Reader:
         self.file = file
         self.problems: list[Problem] = []
         self.partial_translator: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        self.prefix_from: str | None = None  # wan.prefix_from, read before the sections
+        self.prefix: IPv6Network | None = None  # what ::suffix addresses resolve against
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(Problem(self.file, path, reason))
@@ -411,6 +427,27 @@ _ipv4_network = _network(IPv4Network, "IPv4")
 _ipv6_network = _network(IPv6Network, "IPv6")
 
 
+def _relative6(r: _Reader, absolute: Callable[[Any], T], single: bool) -> Callable[[Any], T]:
+    """``absolute``, or a ``::suffix`` inside the current prefix of ``wan.prefix_from``."""
+
+    def conv(value: Any) -> T:
+        text = _str(value).strip()
+        if not is_relative(text):
+            return absolute(value)
+        if r.prefix_from is None:
+            raise ValueError(
+                f"{text!r} is a suffix (it starts with ::); set wan.prefix_from to the "
+                "interface whose prefix it goes with, or write the whole address"
+            )
+        if r.prefix is None:
+            return None  # type: ignore[return-value]  # wan.prefix_from's problem says why
+        if single:
+            return resolve_address(text, r.prefix)  # type: ignore[return-value]
+        return resolve(text, r.prefix)  # type: ignore[return-value]
+
+    return conv
+
+
 def _hostport(value: Any) -> str:
     """``host:port`` with IPv6 hosts in brackets; returned unchanged once checked."""
     text = _str(value)
@@ -527,10 +564,10 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         return None
     tun = r.get(d, p, "tun_device", _ifname, "revnat64")
     v4 = r.get(d, p, "ipv4_address", _ipv4_address)
-    v6 = r.get(d, p, "ipv6_address", _ipv6_address)
+    v6 = r.get(d, p, "ipv6_address", _relative6(r, _ipv6_address, single=True))
     pool4 = r.get(d, p, "pool4", _ipv4_network)
     prefix = r.get(d, p, "prefix", _ipv6_network, None)
-    publish_prefix = r.get(d, p, "publish_prefix", _ipv6_network, None)
+    publish_prefix = r.get(d, p, "publish_prefix", _relative6(r, _ipv6_network, False), None)
     rfc6791 = _list_of(r, d, p, "rfc6791_pool4", _ipv4_network)
     mtu = r.get(d, p, "mtu", _int_in(1280, 65535), 1500)
     lowest = r.get(d, p, "lowest_ipv6_mtu", _int_in(1280, 65535), 1280)
@@ -611,7 +648,7 @@ def _parse_mapping(r: _Reader, node: Any, path: str) -> Mapping | None:
             "1-63 characters, not starting or ending with '-'",
         )
         name = None
-    v6 = r.get(d, path, "ipv6", _ipv6_network)
+    v6 = r.get(d, path, "ipv6", _relative6(r, _ipv6_network, single=False))
     v4 = r.get(d, path, "ipv4", _ipv4_network)
     allow = _list_of(r, d, path, "allow", _allow_rule)
     sources = _list_of(r, d, path, "sources", _ipv6_network)
@@ -711,8 +748,13 @@ def _parse_simple(
     return {key: r.get(d, path, key, conv, default) for key, (conv, default) in spec.items()}
 
 
-def parse_config(data: Any, file: str = "<config>") -> Config:
-    """Validate an already-loaded YAML document; raise ConfigError listing every problem."""
+def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None = None) -> Config:
+    """Validate an already-loaded YAML document; raise ConfigError listing every problem.
+
+    ``prefix`` is the current prefix of ``wan.prefix_from`` (the caller reads
+    it, see :func:`raw_prefix_from`); addresses written as ``::suffix`` go
+    inside it.
+    """
     r = _Reader(file)
     top = r.section(
         data, "", ("translator", "wan", "lan", "mappings", "firewall", "dns", "metrics", "daemon")
@@ -722,12 +764,16 @@ def parse_config(data: Any, file: str = "<config>") -> Config:
             r.problem("", "is empty; see mappings.yaml.example")
         raise ConfigError(r.problems)
 
+    r.prefix_from, r.prefix = raw_prefix_from(data), prefix
     tr = _parse_translator(r, top.get("translator"))
-    wan_d = r.section(top.get("wan"), "wan", ("interface", "proxy_ndp"))
+    wan_d = r.section(top.get("wan"), "wan", ("interface", "proxy_ndp", "prefix_from"))
     if top.get("wan") is None:
         r.problem("wan", "is required")
     wan_if = r.get(wan_d, "wan", "interface", _ifname)
     proxy_ndp = r.get(wan_d, "wan", "proxy_ndp", _bool, True)
+    prefix_from = r.get(wan_d, "wan", "prefix_from", _ifname, None)
+    if prefix_from is not None and prefix is None:
+        r.problem("wan.prefix_from", f"no current prefix of {prefix_from} was given")
     lan_d = r.section(top.get("lan"), "lan", ("interface", "ipv4_networks"))
     if top.get("lan") is None:
         r.problem("lan", "is required")
@@ -795,7 +841,7 @@ def parse_config(data: Any, file: str = "<config>") -> Config:
     return Config(
         path=file,
         translator=tr,
-        wan=WanSettings(wan_if, proxy_ndp),
+        wan=WanSettings(wan_if, proxy_ndp, prefix_from, prefix if prefix_from else None),
         lan=LanSettings(lan_if, lan_nets),
         mappings=mappings,
         firewall=FirewallSettings(**fw),
@@ -894,17 +940,26 @@ def _check_translator_against_mappings(
         r.problem("translator.ipv6_address", f"{v6} lies inside translator.prefix {prefix}")
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
+def load_config(
+    path: str | Path, placeholder: bool = False, prefix_lookup: PrefixLookup | None = None
+) -> Config:
+    """Read and validate a YAML config file.
+
+    With ``wan.prefix_from``, the interface's current prefix is read from the
+    kernel (``prefix_lookup``, default :func:`publisher.prefix.read_prefix`).
+    Without one, :class:`PrefixMissing` is raised, or with ``placeholder``
+    (commands that only validate or need no addresses) the suffixes go into
+    :data:`publisher.prefix.PLACEHOLDER`.
+    """
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(file, "", f"cannot read: {exc}")]) from None
-    return parse_config_text(text, file)
+    return parse_config_text(text, file, placeholder, prefix_lookup)
 
 
-def load_config_compact(path: str | Path) -> Config:
+def load_config_compact(path: str | Path, prefix_lookup: PrefixLookup | None = None) -> Config:
     """:func:`load_config` for a process that keeps the result: the daemon.
 
     The parsed YAML tree of a 10,000-mapping file takes about 25 MiB, and the
@@ -916,21 +971,30 @@ def load_config_compact(path: str | Path) -> Config:
     """
     import pickle
 
-    blob = pickle.dumps(load_config(path), protocol=pickle.HIGHEST_PROTOCOL)
+    blob = pickle.dumps(
+        load_config(path, prefix_lookup=prefix_lookup), protocol=pickle.HIGHEST_PROTOCOL
+    )
     return cast(Config, pickle.loads(blob))
 
 
-def load_config_or_report(path: str | Path, stream: TextIO | None = None) -> Config | None:
+def load_config_or_report(
+    path: str | Path, stream: TextIO | None = None, placeholder: bool = False
+) -> Config | None:
     """For commands: the config, or None after printing one line per problem."""
     try:
-        return load_config(path)
+        return load_config(path, placeholder)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=stream if stream is not None else sys.stderr)
         return None
 
 
-def parse_config_text(text: str, file: str = "<config>") -> Config:
+def parse_config_text(
+    text: str,
+    file: str = "<config>",
+    placeholder: bool = False,
+    prefix_lookup: PrefixLookup | None = None,
+) -> Config:
     try:
         data = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
@@ -940,7 +1004,31 @@ def parse_config_text(text: str, file: str = "<config>") -> Config:
         raise ConfigError([Problem(file, where, f"invalid YAML: {reason}")]) from None
     except RecursionError:
         raise ConfigError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
-    return parse_config(data, file)
+    ifname = raw_prefix_from(data)
+    if ifname is None:
+        return parse_config(data, file)
+    lookup = prefix_lookup if prefix_lookup is not None else read_prefix
+    try:
+        prefix = lookup(ifname)
+        why = f"{ifname} has no global IPv6 prefix now"
+    except LookupError as exc:
+        prefix, why = None, str(exc)
+    except Exception as exc:  # netlink trouble: say so, like any other problem
+        prefix, why = None, f"cannot read the addresses of {ifname}: {exc}"
+    if prefix is None:
+        if not placeholder:
+            raise PrefixMissing(
+                [Problem(file, "wan.prefix_from", f"{why}; the ::suffix addresses need one")]
+            )
+        prefix = PLACEHOLDER
+    return parse_config(data, file, prefix)
+
+
+def raw_prefix_from(data: Any) -> str | None:
+    """``wan.prefix_from`` straight from the YAML tree (parse_config validates it)."""
+    wan = data.get("wan") if isinstance(data, dict) else None
+    value = wan.get("prefix_from") if isinstance(wan, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def config_warnings(cfg: Config) -> list[str]:
@@ -967,6 +1055,12 @@ def config_warnings(cfg: Config) -> list[str]:
             pass
     if cfg.dns.tsig_key_file and cfg.dns.server is None:
         out.append(f"{cfg.path}: dns.tsig_key_file is set but dns.server is not")
+    if cfg.wan.prefix_from and cfg.wan.prefix == PLACEHOLDER:
+        out.append(
+            f"{cfg.path}: wan.prefix_from: {cfg.wan.prefix_from} has no global IPv6 prefix "
+            f"now; the ::suffix addresses were checked inside {PLACEHOLDER} instead, and the "
+            "daemon waits for a prefix before it starts"
+        )
     return out
 
 
@@ -981,6 +1075,8 @@ def summary(cfg: Config) -> str:
     ]
     if cfg.translator.prefix is not None:
         parts.append(f"prefix {cfg.translator.prefix}")
+    if cfg.wan.prefix_from and cfg.wan.prefix != PLACEHOLDER:
+        parts.append(f"addresses in {cfg.wan.prefix} from {cfg.wan.prefix_from}")
     parts.append("firewall " + (cfg.firewall.backend if cfg.firewall.enabled else "off"))
     return f"{cfg.path}: OK: " + ", ".join(parts)
 

@@ -31,13 +31,15 @@ import os
 import signal
 import sys
 import time
+from ipaddress import IPv6Network
 from pathlib import Path
 from typing import Any
 
 from publisher import sdnotify
-from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
+from publisher.config import SAFE_LOADER, Config, ConfigError, PrefixMissing, load_config_compact
 from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, plan
+from publisher.prefix import read_prefix
 from publisher.snapshot import Snapshot
 from publisher.worker import (
     Plane,
@@ -55,6 +57,8 @@ log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
 # How often the daemon checks that its nftables table is still there.
 FIREWALL_CHECK_INTERVAL = 5.0
+PREFIX_CHECK_INTERVAL = 5.0  # how soon a new prefix on wan.prefix_from is followed
+PREFIX_START_WAIT = 60.0  # at start, wait this long for one (then exit; systemd restarts)
 
 
 class StartupError(RuntimeError):
@@ -148,6 +152,9 @@ class Daemon:
         self.firewall: Any = None
         self.firewall_state = "disabled"
         self.firewall_reapplied = 0  # times the table was gone and put back
+        self.prefix_changes = 0  # reloads that followed a new prefix on wan.prefix_from
+        self.prefix_tried: IPv6Network | None = None  # a new prefix whose reload failed
+        self.prefix_gone = False  # wan.prefix_from has no prefix (logged once)
         self.services: list[Any] = []  # things with .close()/.stop() on shutdown
 
     # -- lifecycle ------------------------------------------------------------
@@ -157,7 +164,7 @@ class Daemon:
         # Fork the data-plane workers first, while this process is still small.
         for _ in range(peek_workers(self.config_path)):
             self.workers.append(WorkerHandle())
-        cfg = load_config_compact(self.config_path)  # ConfigError propagates to the CLI
+        cfg = self._load_waiting_for_prefix()  # ConfigError propagates to the CLI
         setup_logging(self.log_level_override or cfg.daemon.log_level)
         try:
             self.plane, tables = validated_plane(cfg)
@@ -207,6 +214,26 @@ class Daemon:
             cfg.translator.tun_device,
             cfg.translator.pool4,
         )
+
+    def _load_waiting_for_prefix(self) -> Config:
+        """The config; with ``wan.prefix_from`` wait up to PREFIX_START_WAIT for a prefix.
+
+        A router often starts its services before the ISP has delegated a
+        prefix.  Waiting here, and then failing so that systemd or procd start
+        us again, beats refusing at once.
+        """
+        deadline = time.monotonic() + PREFIX_START_WAIT
+        while True:
+            try:
+                return load_config_compact(self.config_path)
+            except PrefixMissing as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not self.prefix_gone:
+                    self.prefix_gone = True
+                    print(f"{exc.problems[0]}; waiting for one", file=sys.stderr, flush=True)
+                    sdnotify.notify(f"STATUS=waiting: {exc.problems[0].reason}")
+                time.sleep(1.0)
 
     def _open_queues(self, name: str, count: int, offloads: bool) -> None:
         """One plain TUN fd for one worker, or ``count`` queues of a multi-queue TUN.
@@ -309,6 +336,9 @@ class Daemon:
         snap.started_timestamp = self.started
         snap.firewall_state = self.firewall_state
         snap.firewall_reapplied = self.firewall_reapplied
+        snap.prefix_changes = self.prefix_changes
+        if self.cfg.wan.prefix_from:
+            snap.published_prefix = f"{self.cfg.wan.prefix} from {self.cfg.wan.prefix_from}"
         firewall = self.firewall
         if firewall is not None:
             try:
@@ -328,7 +358,10 @@ class Daemon:
         return snap
 
     def status_line(self) -> str:
-        return f"STATUS={len(self.cfg.mappings)} mappings on {self.cfg.translator.tun_device}"
+        line = f"STATUS={len(self.cfg.mappings)} mappings on {self.cfg.translator.tun_device}"
+        if self.cfg.wan.prefix_from:
+            line += f", prefix {self.cfg.wan.prefix} from {self.cfg.wan.prefix_from}"
+        return line
 
     # -- main loop ----------------------------------------------------------------
 
@@ -339,6 +372,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop)
         sdnotify.notify("READY=1", self.status_line())
         next_firewall_check = time.monotonic() + FIREWALL_CHECK_INTERVAL
+        next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
         while not self.stopping:
             if self.reload_requested:
                 self.reload_requested = False
@@ -351,6 +385,9 @@ class Daemon:
             if time.monotonic() >= next_firewall_check:
                 self._check_firewall()
                 next_firewall_check = time.monotonic() + FIREWALL_CHECK_INTERVAL
+            if time.monotonic() >= next_prefix_check:
+                self._check_prefix()
+                next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
             time.sleep(0.2)  # signals interrupt the sleep (PEP 475 resumes it after)
         return 0
 
@@ -382,6 +419,40 @@ class Daemon:
             return
         self.firewall_reapplied += 1
         self.firewall_state = "applied"
+
+    def _check_prefix(self) -> None:
+        """Reload when the prefix on ``wan.prefix_from`` is not the one the config uses.
+
+        OpenWrt's hotplug script reloads us on a prefix change as well; this
+        check is what systemd and Merlin installs rely on.  While the interface
+        has no prefix at all (the uplink is down) the old addresses stay: a
+        reconnect usually brings the same prefix back.
+        """
+        ifname = self.cfg.wan.prefix_from
+        if not ifname:
+            return
+        try:
+            current = read_prefix(ifname, self.netlink.ipr if self.netlink else None)
+        except Exception as exc:  # the interface went away, or netlink failed
+            current, why = None, str(exc)
+        else:
+            why = f"{ifname} has no global IPv6 prefix"
+        if current is None:
+            if not self.prefix_gone:
+                log.warning("%s; keeping %s until one comes", why, self.cfg.wan.prefix)
+            self.prefix_gone = True
+            return
+        self.prefix_gone = False
+        if current == self.cfg.wan.prefix or current == self.prefix_tried:
+            return
+        log.warning(
+            "the prefix on %s changed: %s -> %s; reloading", ifname, self.cfg.wan.prefix, current
+        )
+        if self.reload():
+            self.prefix_changes += 1
+            self.prefix_tried = None
+        else:
+            self.prefix_tried = current  # not again every 5 s; a SIGHUP still retries
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self.reload_requested = True

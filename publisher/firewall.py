@@ -182,7 +182,8 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     """``revnat64 firewall -c FILE --print|--apply|--remove [--backend B]``."""
     from publisher.config import load_config_or_report
 
-    cfg = load_config_or_report(args.config)
+    # The fw4 snippet names the TUN only, so it needs no current prefix.
+    cfg = load_config_or_report(args.config, placeholder=bool(getattr(args, "fw4_snippet", None)))
     if cfg is None:
         return 1
     if getattr(args, "fw4_snippet", None):

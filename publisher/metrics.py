@@ -260,6 +260,23 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "Unix time the daemon started.",
         value=snap.started_timestamp,
     )
+    if snap.published_prefix:  # only with wan.prefix_from
+        prefix, _, interface = snap.published_prefix.partition(" from ")
+        published = GaugeMetricFamily(
+            "revnat64_published_prefix_info",
+            "Always 1; the labels say which prefix the ::suffix addresses are in now "
+            "(wan.prefix_from). No series without wan.prefix_from.",
+            labels=("prefix", "interface"),
+        )
+        published.add_metric((prefix, interface), 1)
+        yield published
+        changes = CounterMetricFamily(
+            "revnat64_prefix_changes",
+            "Reloads that followed a new prefix on wan.prefix_from (ISP renumbering). "
+            "No series without wan.prefix_from.",
+        )
+        changes.add_metric((), snap.prefix_changes)
+        yield changes
 
 
 def _dns_families(snap: Snapshot) -> Iterator[Metric]:

@@ -110,6 +110,10 @@ class Snapshot:
     started_timestamp: float = 0.0
     firewall_state: str = "disabled"  # "applied" | "disabled" | "error: ..."
     firewall_reapplied: int = 0  # times the daemon found its rules gone and put them back
+    # wan.prefix_from: "<prefix> from <interface>" ("" without), and the reloads that
+    # followed a new prefix there
+    published_prefix: str = ""
+    prefix_changes: int = 0
     dns_state: str = "disabled"  # "disabled" | "ok <when>" | "error: ..."
     # The background DNS update (dns.update_on_change): its state word ("disabled",
     # "never", "running", "ok", "retrying", "conflict", "error"), the runs that found
@@ -148,6 +152,8 @@ class Snapshot:
             "started_timestamp": self.started_timestamp,
             "firewall_state": self.firewall_state,
             "firewall_reapplied": self.firewall_reapplied,
+            "published_prefix": self.published_prefix,
+            "prefix_changes": self.prefix_changes,
             "dns_state": self.dns_state,
             "dns_update_state": self.dns_update_state,
             "dns_update_unreachable": self.dns_update_unreachable,
@@ -202,6 +208,8 @@ class Snapshot:
                 # Optional: a daemon one version older does not send them.
                 prefix=str(doc.get("prefix", "")),
                 firewall_reapplied=int(doc.get("firewall_reapplied", 0)),
+                published_prefix=str(doc.get("published_prefix", "")),
+                prefix_changes=int(doc.get("prefix_changes", 0)),
                 dns_update_state=str(doc.get("dns_update_state", "disabled")),
                 dns_update_unreachable=int(doc.get("dns_update_unreachable", 0)),
                 dns_last_success_timestamp=float(doc.get("dns_last_success_timestamp", 0.0)),
@@ -263,6 +271,8 @@ class Snapshot:
             started_timestamp=head.started_timestamp,
             firewall_state=head.firewall_state,
             firewall_reapplied=head.firewall_reapplied,
+            published_prefix=head.published_prefix,
+            prefix_changes=head.prefix_changes,
             dns_state=head.dns_state,
             dns_update_state=head.dns_update_state,
             dns_update_unreachable=head.dns_update_unreachable,

@@ -148,6 +148,10 @@ def render_status(snap: Snapshot, now: float) -> str:
     if snap.firewall_reapplied:
         firewall += f" (found gone and put back {snap.firewall_reapplied}x; see the log)"
     lines.append(f"firewall:      {firewall}")
+    if snap.published_prefix:
+        n = snap.prefix_changes
+        changes = f" (followed {n} change{'s' if n != 1 else ''})" if n else ""
+        lines.append(f"prefix:        {snap.published_prefix}{changes}")
     lines.append(f"dns:           {snap.dns_state}")
     uptime = format_duration(now - snap.started_timestamp) if snap.started_timestamp else "?"
     lines.append(f"uptime:        {uptime}, {snap.workers} worker(s)")
@@ -169,7 +173,7 @@ def render_status(snap: Snapshot, now: float) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the running daemon's status; 1 when it cannot be reached."""
-    cfg = load_config_or_report(args.config)
+    cfg = load_config_or_report(args.config, placeholder=True)  # for the socket path
     if cfg is None:
         return 1
     path = cfg.daemon.control_socket

@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from ipaddress import IPv6Network
 from pathlib import Path
 
 import dns.query
@@ -594,3 +595,16 @@ def test_dns_zone_inside_a_served_zone_is_refused_before_sending(
         run_update(load_config(conf))
     assert "holds sub.cam.example.org. inside its zone cam.example.org." in str(info.value)
     assert named.serial() == 1
+
+
+def test_a_new_prefix_moves_the_aaaa_of_suffix_mappings(named: Named, tmp_path: Path) -> None:
+    """wan.prefix_from: after renumbering, the update replaces the AAAA of ::suffix names."""
+    conf = tmp_path / "c.yaml"
+    write_config(conf, named, BASE_MAPPINGS.replace("ipv6: 2001:db8:200::51", "ipv6: ::51"))
+    wan = "wan: {interface: eth0, prefix_from: x0}"
+    conf.write_text(conf.read_text().replace("wan: {interface: eth0}", wan))
+    for prefix in ("2001:db8:200:aa::/64", "2001:db8:200:bb::/64"):
+        cfg = load_config(conf, prefix_lookup=lambda _, p=prefix: IPv6Network(p))
+        run_update(cfg)
+        assert named.rrset(NAS, "AAAA") == {prefix.replace("/64", "51")}
+        assert named.rrset(FRONTDOOR, "AAAA") == {"2001:db8:200::50"}  # written in full

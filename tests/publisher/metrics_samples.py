@@ -50,6 +50,8 @@ def sample_snapshot() -> Snapshot:
         started_timestamp=NOW - (2 * 86400 + 5 * 3600 + 7 * 60),
         firewall_state="applied",
         firewall_reapplied=1,
+        published_prefix="2001:db8:200::/64 from br-lan",
+        prefix_changes=2,
         dns_state="retrying 2026-01-02T02:59:05Z: DNS server 192.0.2.53:53 timed out",
         dns_update_state="retrying",
         dns_update_unreachable=2,

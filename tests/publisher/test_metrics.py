@@ -71,6 +71,8 @@ EXPECTED_SAMPLE = {
     series("revnat64_firewall_dropped_bytes_total", mapping="nas"): 0,
     series("revnat64_firewall_dropped_bytes_total", mapping="lab-range"): 420,
     series("revnat64_firewall_reapplied_total"): 1,
+    series("revnat64_published_prefix_info", prefix="2001:db8:200::/64", interface="br-lan"): 1,
+    series("revnat64_prefix_changes_total"): 2,
     series("revnat64_reloads_total", result="success"): 3,
     series("revnat64_reloads_total", result="failure"): 1,
     series("revnat64_last_reload_success_timestamp_seconds"): NOW - 300,
@@ -119,6 +121,8 @@ def test_fresh_daemon_has_every_series_at_zero() -> None:
     # Firewall and DNS updates disabled: the families exist, without series.
     assert not [k for k in samples if k[0].startswith("revnat64_firewall_")]
     assert not [k for k in samples if k[0].startswith("revnat64_dns_")]
+    # No wan.prefix_from: no prefix series either.
+    assert not [k for k in samples if "prefix" in k[0]]
 
 
 def test_counters_of_a_removed_mapping_are_still_exported() -> None:

@@ -205,6 +205,8 @@ def test_snapshot_field_names_are_the_contract() -> None:
         "started_timestamp",
         "firewall_state",
         "firewall_reapplied",
+        "published_prefix",
+        "prefix_changes",
         "dns_state",
         "dns_update_state",
         "dns_update_unreachable",

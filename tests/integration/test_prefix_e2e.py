@@ -1,0 +1,134 @@
+"""wan.prefix_from end to end: the daemon follows a renumbered prefix in the real kernel.
+
+The router namespace gets an interface ``pd0`` that carries the
+"delegated" prefix, as a home router's LAN bridge carries the /64 its ISP
+delegated.  The camera mapping is written as ``::50``.  The client's default
+route points at the router, so it reaches whatever prefix the router has now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
+from tests.netlab import Lab, Netns, wait_for
+
+OLD, NEW = "2001:db8:aa::", "2001:db8:bb::"
+
+READ_PREFIX = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from publisher.prefix import read_prefix
+print(read_prefix("pd0"))
+try:
+    read_prefix("nope0")
+except LookupError as exc:
+    print(exc)
+"""
+
+
+def relative_config(d: DaemonLab, tmp: Path) -> dict[str, Any]:
+    cfg = base_config(tmp, d.tun)
+    cfg["wan"]["prefix_from"] = "pd0"
+    cfg["mappings"][0]["ipv6"] = "::50"
+    return cfg
+
+
+def link_pd0(ns: Netns) -> None:
+    """``pd0``, up: one end of a veth pair inside ``ns`` (this kernel has no dummy links)."""
+    ns.run("ip link add pd0 type veth peer name pd0peer")
+    ns.run("ip link set pd0peer up")
+    ns.run("ip link set pd0 up")
+
+
+def add_pd0(d: DaemonLab, *prefixes: str) -> None:
+    link_pd0(d.router)
+    for prefix in prefixes:
+        d.router.run(f"ip -6 addr add {prefix}1/64 dev pd0 nodad")
+
+
+def pings(d: DaemonLab, dst: str) -> bool:
+    out = d.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", dst], check=False)
+    return "2 received" in out.stdout
+
+
+def tun_routes(d: DaemonLab) -> str:
+    return d.router.run(f"ip -6 route show dev {d.tun}").stdout
+
+
+def status_json(d: DaemonLab) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "publisher.cli", "status", "--json", "-c", str(d.config_path)]
+    return json.loads(d.router.run(argv, env=env, cwd=str(ROOT)).stdout)  # type: ignore[no-any-return]
+
+
+def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path) -> None:
+    ns = lab.netns("pfx")
+    link_pd0(ns)
+    ns.run("ip -6 addr add fd00:1::1/64 dev pd0 nodad")  # unique local: never published
+    ns.run("ip -6 addr add 2001:db8:aa::1/64 dev pd0 nodad preferred_lft 0")  # deprecated
+    ns.run("ip -6 addr add 2001:db8:bb::1/64 dev pd0 nodad preferred_lft 600 valid_lft 900")
+    ns.run("ip -6 addr add 2001:db8:cc::1/64 dev pd0 nodad preferred_lft 60 valid_lft 900")
+    out = ns.run([sys.executable, "-c", READ_PREFIX, str(ROOT)]).stdout.split("\n")
+    assert out[:2] == ["2001:db8:bb::/64", "no interface nope0"]
+
+
+def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
+    d = DaemonLab(lab, tmp_path)
+    try:
+        add_pd0(d, OLD)
+        d.write_config(relative_config(d, tmp_path))
+        d.start()
+        assert pings(d, OLD + "50")
+        assert f"{OLD}50 " in tun_routes(d)
+        st = status_json(d)
+        assert (st["published_prefix"], st["prefix_changes"]) == (f"{OLD}/64 from pd0", 0)
+
+        # RFC 4192 renumbering: the new prefix arrives, the old one is deprecated.
+        d.router.run(f"ip -6 addr add {NEW}1/64 dev pd0 nodad")
+        d.router.run(f"ip -6 addr change {OLD}1/64 dev pd0 preferred_lft 0")
+        seen = d.expect_notify("READY=1", timeout=15)
+        assert "RELOADING=1" in seen, seen
+        assert pings(d, NEW + "50")
+        routes = tun_routes(d)
+        assert f"{NEW}50 " in routes and f"{OLD}50 " not in routes
+        assert not pings(d, OLD + "50")
+        st = status_json(d)
+        assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64 from pd0", 1)
+        assert f"the prefix on pd0 changed: {OLD}/64 -> {NEW}/64; reloading" in d.logs()
+
+        # The uplink goes down and takes every prefix with it: keep serving the last one.
+        d.router.run("ip -6 addr flush dev pd0 scope global")
+        wait_for(lambda: "pd0 has no global IPv6 prefix" in d.logs(), timeout=15, what="log")
+        assert pings(d, NEW + "50")
+        # It comes back unchanged: no reload.
+        d.router.run(f"ip -6 addr add {NEW}1/64 dev pd0 nodad")
+        time.sleep(6)  # longer than the daemon's 5 s check
+        assert status_json(d)["reloads"] == {"success": 1, "failure": 0}
+        assert d.logs().count("has no global IPv6 prefix") == 1
+    finally:
+        d.close()
+
+
+def test_daemon_waits_at_start_until_a_prefix_arrives(lab: Lab, tmp_path: Path) -> None:
+    d = DaemonLab(lab, tmp_path)
+    try:
+        add_pd0(d)  # no prefix yet: the ISP has not delegated one
+        d.write_config(relative_config(d, tmp_path))
+        timer = threading.Timer(2.0, d.router.run, (f"ip -6 addr add {NEW}1/64 dev pd0 nodad",))
+        timer.start()
+        try:
+            d.start(timeout=30)
+        finally:
+            timer.join()
+        assert "wan.prefix_from: pd0 has no global IPv6 prefix now" in d.logs()
+        assert "waiting for one" in d.logs()
+        assert pings(d, NEW + "50")
+    finally:
+        d.close()
