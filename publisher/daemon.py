@@ -432,7 +432,7 @@ class Daemon:
         if not ifname:
             return
         try:
-            current = read_prefix(ifname, self.netlink.ipr if self.netlink else None)
+            current = read_prefix(ifname, self._ipr(), keep=self.cfg.wan.prefix)
         except Exception as exc:  # the interface went away, or netlink failed
             current, why = None, str(exc)
         else:
@@ -451,8 +451,24 @@ class Daemon:
         if self.reload():
             self.prefix_changes += 1
             self.prefix_tried = None
+            dns = self.cfg.dns
+            if dns.zone and not (dns.update_on_change and dns.server):
+                log.warning(
+                    "dns.update_on_change is off: the AAAA records in %s still name the old "
+                    "prefix; publish the new ones (revnat64 dns -c %s)",
+                    dns.zone,
+                    self.config_path,
+                )
         else:
             self.prefix_tried = current  # not again every 5 s; a SIGHUP still retries
+
+    def _ipr(self) -> Any:
+        """The daemon's netlink socket, once it has one (None: open one per call)."""
+        return self.netlink.ipr if self.netlink is not None else None
+
+    def _keep_prefix(self, ifname: str) -> IPv6Network | None:
+        """wan.prefix_from's prefix for a reload: the one in use while it is still usable."""
+        return read_prefix(ifname, self._ipr(), keep=self.cfg.wan.prefix)
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self.reload_requested = True
@@ -479,7 +495,7 @@ class Daemon:
     def _reload(self) -> bool:
         old = self.cfg
         try:
-            new = load_config_compact(self.config_path)
+            new = load_config_compact(self.config_path, prefix_lookup=self._keep_prefix)
             plane, tables = validated_plane(new)
         except ConfigError as exc:
             for problem in exc.problems:

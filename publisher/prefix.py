@@ -44,13 +44,19 @@ class InterfaceAddress:
     preferred: int = FOREVER  # seconds of preferred lifetime left
 
 
-def choose_prefix(addresses: Iterable[InterfaceAddress]) -> IPv6Network | None:
+def choose_prefix(
+    addresses: Iterable[InterfaceAddress], keep: IPv6Network | None = None
+) -> IPv6Network | None:
     """The prefix to publish from: global, not deprecated, longest preferred lifetime.
 
     During a renumbering the old prefix stays on the interface, deprecated
     (preferred lifetime 0), until it times out; the new one is preferred.  A
-    /128 (a DHCPv6 address without a prefix) has no room for a suffix.  Ties
-    go to the lowest prefix, so the choice does not flap between two equals.
+    /128 (a DHCPv6 address without a prefix) has no room for a suffix.
+
+    ``keep`` (the prefix in use) wins while it is still usable: with two
+    prefixes whose lifetimes count down and are refreshed at different
+    moments, "longest" alone would flip between them and renumber the
+    devices every few seconds.  Otherwise ties go to the lowest prefix.
     """
     best: tuple[int, IPv6Network] | None = None
     for a in addresses:
@@ -59,6 +65,8 @@ def choose_prefix(addresses: Iterable[InterfaceAddress]) -> IPv6Network | None:
             continue
         if any(net.subnet_of(bad) for bad in NOT_PUBLISHABLE):
             continue
+        if net == keep:
+            return net
         key = (-a.preferred, net)
         if best is None or key < (-best[0], best[1]):
             best = (a.preferred, net)
@@ -100,7 +108,9 @@ def resolve_address(text: str, prefix: IPv6Network) -> IPv6Address:
     return resolve(text, prefix).network_address
 
 
-def read_prefix(ifname: str, ipr: Any = None) -> IPv6Network | None:
+def read_prefix(
+    ifname: str, ipr: Any = None, keep: IPv6Network | None = None
+) -> IPv6Network | None:
     """The prefix :func:`choose_prefix` picks among ``ifname``'s addresses now.
 
     LookupError if there is no such interface.  ``ipr`` is an open pyroute2
@@ -110,7 +120,7 @@ def read_prefix(ifname: str, ipr: Any = None) -> IPv6Network | None:
         from pyroute2 import IPRoute
 
         with IPRoute() as own:
-            return read_prefix(ifname, own)
+            return read_prefix(ifname, own, keep)
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         raise LookupError(f"no interface {ifname}")
@@ -123,4 +133,4 @@ def read_prefix(ifname: str, ipr: Any = None) -> IPv6Network | None:
         preferred = FOREVER if cache is None else int(cache["ifa_preferred"])
         net = IPv6Network(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
         rows.append(InterfaceAddress(net, bool(flags & IFA_F_DEPRECATED), preferred))
-    return choose_prefix(rows)
+    return choose_prefix(rows, keep)

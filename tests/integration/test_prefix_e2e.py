@@ -90,6 +90,12 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         st = status_json(d)
         assert (st["published_prefix"], st["prefix_changes"]) == (f"{OLD}/64 from pd0", 0)
 
+        # A second live prefix with a longer lifetime is not a reason to renumber.
+        d.router.run(f"ip -6 addr change {OLD}1/64 dev pd0 preferred_lft 600 valid_lft 900")
+        d.router.run("ip -6 addr add 2001:db8:cc::1/64 dev pd0 nodad")
+        time.sleep(6)  # longer than the daemon's 5 s check
+        assert status_json(d)["reloads"] == {"success": 0, "failure": 0}
+
         # RFC 4192 renumbering: the new prefix arrives, the old one is deprecated.
         d.router.run(f"ip -6 addr add {NEW}1/64 dev pd0 nodad")
         d.router.run(f"ip -6 addr change {OLD}1/64 dev pd0 preferred_lft 0")

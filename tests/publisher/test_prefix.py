@@ -243,3 +243,13 @@ def test_config_without_prefix_from_never_looks_up_a_prefix(tmp_path: Path) -> N
 
     cfg = load_config(write(tmp_path, doc), prefix_lookup=lookup)
     assert cfg.wan.prefix_from is None and cfg.wan.prefix is None
+
+
+def test_the_prefix_in_use_is_kept_while_it_is_usable() -> None:
+    """Two live prefixes whose lifetimes count down out of step must not flip-flop."""
+    a, b = addr("2001:db8:aa::1/64", preferred=100), addr("2001:db8:bb::1/64", preferred=200)
+    assert choose_prefix([a, b]) == NEW
+    assert choose_prefix([a, b], keep=OLD) == OLD
+    deprecated = addr("2001:db8:aa::1/64", deprecated=True, preferred=0)
+    assert choose_prefix([deprecated, b], keep=OLD) == NEW
+    assert choose_prefix([b], keep=OLD) == NEW
