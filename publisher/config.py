@@ -774,6 +774,12 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
     prefix_from = r.get(wan_d, "wan", "prefix_from", _ifname, None)
     if prefix_from is not None and prefix is None:
         r.problem("wan.prefix_from", f"no current prefix of {prefix_from} was given")
+    if prefix_from is not None and tr is not None and prefix_from == tr.tun_device:
+        r.problem(
+            "wan.prefix_from",
+            f"{prefix_from} is revnat64's own TUN device; name the interface that carries "
+            "the prefix from your ISP (the LAN bridge with DHCPv6-PD, or the WAN)",
+        )
     lan_d = r.section(top.get("lan"), "lan", ("interface", "ipv4_networks"))
     if top.get("lan") is None:
         r.problem("lan", "is required")

@@ -253,3 +253,13 @@ def test_the_prefix_in_use_is_kept_while_it_is_usable() -> None:
     deprecated = addr("2001:db8:aa::1/64", deprecated=True, preferred=0)
     assert choose_prefix([deprecated, b], keep=OLD) == NEW
     assert choose_prefix([b], keep=OLD) == NEW
+
+
+def test_prefix_from_cannot_be_the_tun_device() -> None:
+    doc = copy.deepcopy(RELATIVE)
+    doc["wan"]["prefix_from"] = "revnat64"
+    assert problems(doc) == [
+        "test.yaml: wan.prefix_from: revnat64 is revnat64's own TUN device; name the "
+        "interface that carries the prefix from your ISP (the LAN bridge with DHCPv6-PD, "
+        "or the WAN)"
+    ]
