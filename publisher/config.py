@@ -25,7 +25,14 @@ from typing import Any, TextIO, TypeVar, cast
 
 import yaml
 
-from publisher.prefix import PLACEHOLDER, is_relative, read_prefix, resolve, resolve_address
+from publisher.prefix import (
+    PLACEHOLDER,
+    is_relative,
+    read_prefix,
+    remembered,
+    resolve,
+    resolve_address,
+)
 
 __all__ = [
     "AllowRule",
@@ -50,6 +57,8 @@ __all__ = [
 # libyaml's loader parses a 10,000-mapping file ten times faster, in a fraction of the
 # memory; the pure-Python one is the fallback where PyYAML was built without it.
 SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+DEFAULT_STATE_DIR = "/var/lib/revnat64"
 
 # RFC 6052 section 2.2: the only legal prefix lengths.
 RFC6052_LENGTHS = frozenset({32, 40, 48, 56, 64, 96})
@@ -236,7 +245,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class DaemonSettings:
-    state_dir: str = "/var/lib/revnat64"
+    state_dir: str = DEFAULT_STATE_DIR
     control_socket: str = "/run/revnat64/control.sock"
     log_level: str = "info"
 
@@ -828,7 +837,7 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
         top.get("daemon"),
         "daemon",
         {
-            "state_dir": (_str, "/var/lib/revnat64"),
+            "state_dir": (_str, DEFAULT_STATE_DIR),
             "control_socket": (_str, "/run/revnat64/control.sock"),
             "log_level": (_choice("debug", "info", "warning", "error"), "info"),
         },
@@ -1013,9 +1022,11 @@ def parse_config_text(
     ifname = raw_prefix_from(data)
     if ifname is None:
         return parse_config(data, file)
-    lookup = prefix_lookup if prefix_lookup is not None else read_prefix
     try:
-        prefix = lookup(ifname)
+        if prefix_lookup is not None:
+            prefix = prefix_lookup(ifname)
+        else:  # agree with the running daemon while its prefix is usable
+            prefix = read_prefix(ifname, keep=remembered(raw_state_dir(data), ifname))
         why = f"{ifname} has no global IPv6 prefix now"
     except LookupError as exc:
         prefix, why = None, str(exc)
@@ -1028,6 +1039,13 @@ def parse_config_text(
             )
         prefix = PLACEHOLDER
     return parse_config(data, file, prefix)
+
+
+def raw_state_dir(data: Any) -> str:
+    """``daemon.state_dir`` straight from the YAML tree, or its default."""
+    daemon = data.get("daemon") if isinstance(data, dict) else None
+    value = daemon.get("state_dir") if isinstance(daemon, dict) else None
+    return value if isinstance(value, str) and value else DEFAULT_STATE_DIR
 
 
 def raw_prefix_from(data: Any) -> str | None:

@@ -38,8 +38,8 @@ from typing import Any
 from publisher import sdnotify
 from publisher.config import SAFE_LOADER, Config, ConfigError, PrefixMissing, load_config_compact
 from publisher.logs import setup_logging
-from publisher.netlink import NetlinkError, NetlinkManager, plan
-from publisher.prefix import read_prefix
+from publisher.netlink import NetlinkError, NetlinkManager, atomic_write, plan
+from publisher.prefix import PREFIX_STATE_FILE, read_prefix, remembered_text
 from publisher.snapshot import Snapshot
 from publisher.worker import (
     Plane,
@@ -206,6 +206,7 @@ class Daemon:
         trim_memory()
         self._apply_firewall(cfg)
         self.last_reload = time.time()
+        self._remember_prefix(cfg)
         self._start_services(cfg)
         self._maybe_update_dns(cfg)
         log.info(
@@ -462,6 +463,20 @@ class Daemon:
         else:
             self.prefix_tried = current  # not again every 5 s; a SIGHUP still retries
 
+    def _remember_prefix(self, cfg: Config) -> None:
+        """Tell the commands (dns, firewall) which prefix the daemon publishes in.
+
+        With two live prefixes on the interface (two uplinks, or a renumbering
+        that announces both), a command on its own could pick the other one.
+        """
+        if not cfg.wan.prefix_from or cfg.wan.prefix is None:
+            return
+        path = Path(cfg.daemon.state_dir) / PREFIX_STATE_FILE
+        try:
+            atomic_write(path, remembered_text(cfg.wan.prefix, cfg.wan.prefix_from), 0o644)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+
     def _ipr(self) -> Any:
         """The daemon's netlink socket, once it has one (None: open one per call)."""
         return self.netlink.ipr if self.netlink is not None else None
@@ -560,6 +575,7 @@ class Daemon:
             log.info("%s", note)
         self.cfg, self.plane = new, plane
         self.last_reload = time.time()
+        self._remember_prefix(new)
         log.info("reloaded: %d mappings", len(new.mappings))
         self._maybe_update_dns(new)
         return True

@@ -30,6 +30,9 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_TENTATIVE = 0x40
 FOREVER = 0xFFFFFFFF
 
+PREFIX_STATE_FILE = "prefix"
+"""In ``daemon.state_dir``: the prefix the running daemon publishes in, and its interface."""
+
 PLACEHOLDER = IPv6Network("2001:db8:ffff:ffff::/64")
 """What ``revnat64 check`` resolves suffixes against while the interface has no
 prefix: the file can still be validated (a documentation prefix, never applied)."""
@@ -134,3 +137,24 @@ def read_prefix(
         net = IPv6Network(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
         rows.append(InterfaceAddress(net, bool(flags & IFA_F_DEPRECATED), preferred))
     return choose_prefix(rows, keep)
+
+
+def remembered_text(prefix: IPv6Network, ifname: str) -> str:
+    """The PREFIX_STATE_FILE line for ``prefix`` on ``ifname``."""
+    return f"{prefix} {ifname}\n"
+
+
+def remembered(state_dir: str, ifname: str) -> IPv6Network | None:
+    """The prefix the daemon last published in on ``ifname``; None if unknown.
+
+    Commands prefer it (as ``keep``) so that they agree with the daemon while
+    it is still usable.  Unreadable or stale files are simply ignored.
+    """
+    try:
+        with open(f"{state_dir}/{PREFIX_STATE_FILE}", encoding="ascii") as f:
+            words = f.read(200).split()
+        if len(words) == 2 and words[1] == ifname:
+            return IPv6Network(words[0])
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return None

@@ -62,10 +62,15 @@ def tun_routes(d: DaemonLab) -> str:
     return d.router.run(f"ip -6 route show dev {d.tun}").stdout
 
 
-def status_json(d: DaemonLab) -> dict[str, Any]:
+def cli(d: DaemonLab, *args: str) -> str:
+    """``revnat64 ARGS`` in the router namespace; its stdout."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "publisher.cli", "status", "--json", "-c", str(d.config_path)]
-    return json.loads(d.router.run(argv, env=env, cwd=str(ROOT)).stdout)  # type: ignore[no-any-return]
+    argv = [sys.executable, "-m", "publisher.cli", *args]
+    return d.router.run(argv, env=env, cwd=str(ROOT)).stdout
+
+
+def status_json(d: DaemonLab) -> dict[str, Any]:
+    return json.loads(cli(d, "status", "--json", "-c", str(d.config_path)))  # type: ignore[no-any-return]
 
 
 def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path) -> None:
@@ -95,6 +100,10 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         d.router.run("ip -6 addr add 2001:db8:cc::1/64 dev pd0 nodad")
         time.sleep(6)  # longer than the daemon's 5 s check
         assert status_json(d)["reloads"] == {"success": 0, "failure": 0}
+        # A command on its own agrees with the daemon (state_dir/prefix), not with
+        # the longer lifetime.
+        assert (tmp_path / "state" / "prefix").read_text() == f"{OLD}/64 pd0\n"
+        assert f"addresses in {OLD}/64 from pd0" in cli(d, "check", "-c", str(d.config_path))
 
         # RFC 4192 renumbering: the new prefix arrives, the old one is deprecated.
         d.router.run(f"ip -6 addr add {NEW}1/64 dev pd0 nodad")
@@ -107,6 +116,7 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         assert not pings(d, OLD + "50")
         st = status_json(d)
         assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64 from pd0", 1)
+        assert (tmp_path / "state" / "prefix").read_text() == f"{NEW}/64 pd0\n"
         assert f"the prefix on pd0 changed: {OLD}/64 -> {NEW}/64; reloading" in d.logs()
 
         # The uplink goes down and takes every prefix with it: keep serving the last one.

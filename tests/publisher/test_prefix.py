@@ -21,7 +21,15 @@ from publisher.config import (
     parse_config,
     summary,
 )
-from publisher.prefix import PLACEHOLDER, InterfaceAddress, choose_prefix, resolve
+from publisher.prefix import (
+    PLACEHOLDER,
+    PREFIX_STATE_FILE,
+    InterfaceAddress,
+    choose_prefix,
+    remembered,
+    remembered_text,
+    resolve,
+)
 
 NEW = IPv6Network("2001:db8:bb::/64")
 OLD = IPv6Network("2001:db8:aa::/64")
@@ -263,3 +271,12 @@ def test_prefix_from_cannot_be_the_tun_device() -> None:
         "interface that carries the prefix from your ISP (the LAN bridge with DHCPv6-PD, "
         "or the WAN)"
     ]
+
+
+def test_the_daemons_prefix_is_remembered_for_its_interface_only(tmp_path: Path) -> None:
+    (tmp_path / PREFIX_STATE_FILE).write_text(remembered_text(OLD, "br-lan"))
+    assert remembered(str(tmp_path), "br-lan") == OLD
+    assert remembered(str(tmp_path), "eth0") is None
+    assert remembered(str(tmp_path / "nowhere"), "br-lan") is None
+    (tmp_path / PREFIX_STATE_FILE).write_text("garbage\n")
+    assert remembered(str(tmp_path), "br-lan") is None
