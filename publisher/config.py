@@ -1079,6 +1079,12 @@ def config_warnings(cfg: Config) -> list[str]:
             pass
     if cfg.dns.tsig_key_file and cfg.dns.server is None:
         out.append(f"{cfg.path}: dns.tsig_key_file is set but dns.server is not")
+    if cfg.wan.prefix_from and cfg.dns.ptr and cfg.dns.update_on_change:
+        out.append(
+            f"{cfg.path}: dns.ptr: with wan.prefix_from, every new prefix needs its own "
+            "ip6.arpa zone on dns.server; where the ISP keeps those, a renumbering stops "
+            "the AAAA updates too (docs/dns.md). Consider ptr: false"
+        )
     if cfg.wan.prefix_from and cfg.wan.prefix == PLACEHOLDER:
         out.append(
             f"{cfg.path}: wan.prefix_from: {cfg.wan.prefix_from} has no global IPv6 prefix "

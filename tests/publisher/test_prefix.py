@@ -280,3 +280,12 @@ def test_the_daemons_prefix_is_remembered_for_its_interface_only(tmp_path: Path)
     assert remembered(str(tmp_path / "nowhere"), "br-lan") is None
     (tmp_path / PREFIX_STATE_FILE).write_text("garbage\n")
     assert remembered(str(tmp_path), "br-lan") is None
+
+
+def test_ptr_updates_with_a_dynamic_prefix_are_warned_about() -> None:
+    doc = copy.deepcopy(RELATIVE)
+    doc["dns"] = {"zone": "cam.example.org.", "server": "192.0.2.53:53"}
+    assert not [w for w in config_warnings(parse_config(doc, "t", NEW)) if "dns.ptr" in w]
+    doc["dns"].update(ptr=True, update_on_change=True)
+    warned = [w for w in config_warnings(parse_config(doc, "t", NEW)) if "dns.ptr" in w]
+    assert warned and "every new prefix needs its own ip6.arpa zone" in warned[0]
