@@ -152,6 +152,7 @@ class Daemon:
         self.firewall: Any = None
         self.firewall_state = "disabled"
         self.firewall_reapplied = 0  # times the table was gone and put back
+        self.firewall_missing = 0  # checks in a row that found the rules gone
         self.prefix_changes = 0  # reloads that followed a new prefix on wan.prefix_from
         self.prefix_tried: IPv6Network | None = None  # a new prefix whose reload failed
         self.prefix_gone = False  # wan.prefix_from has no prefix (logged once)
@@ -393,23 +394,31 @@ class Daemon:
         return 0
 
     def _check_firewall(self) -> None:
-        """Put the firewall back if something removed it (nftables backend).
+        """Put the firewall back if something removed it.
 
         ``systemctl restart nftables`` loads /etc/nftables.conf, which usually
-        starts with ``flush ruleset``: our table goes with it, and the allow
-        lists stop being enforced.  This closes that hole within
-        FIREWALL_CHECK_INTERVAL, says so in the log and counts it.
+        starts with ``flush ruleset``, and a firewall restart on an iptables
+        router drops our chains: the allow lists stop being enforced.  This
+        closes that hole within FIREWALL_CHECK_INTERVAL, says so in the log
+        and counts it.  A backend with ``grace_checks`` waits that many checks
+        first: Merlin's own firewall-start puts the iptables rules back after
+        its firewall restarts, and doing its job for it would be counted (and
+        alerted on) as if something had gone wrong.
         """
         firewall = self.firewall
-        if firewall is None or not firewall.reapply_when_gone:
+        if firewall is None:
             return
         try:
             if firewall.is_applied():
+                self.firewall_missing = 0
+                return
+            self.firewall_missing += 1
+            if self.firewall_missing <= firewall.grace_checks:
                 return
             log.warning(
-                "firewall: the %s rules are gone (a `flush ruleset`, e.g. systemctl restart "
-                "nftables?); applying them again",
+                "firewall: the %s rules are gone (%s?); applying them again",
                 firewall.name,
+                firewall.gone_hint,
             )
             firewall.apply()
         except Exception as exc:  # keep checking; the state says what is wrong
@@ -419,6 +428,7 @@ class Daemon:
             self.firewall_state = state
             return
         self.firewall_reapplied += 1
+        self.firewall_missing = 0
         self.firewall_state = "applied"
 
     def _check_prefix(self) -> None:

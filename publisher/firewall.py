@@ -53,7 +53,8 @@ class FirewallBackend(Protocol):
     """What the daemon and the CLI need from a backend."""
 
     name: str
-    reapply_when_gone: bool
+    gone_hint: str  # what usually removes the rules, for the daemon's watchdog log
+    grace_checks: int  # watchdog checks that may find the rules gone before it re-applies
 
     def render(self) -> str: ...
     def apply(self) -> None: ...
@@ -69,10 +70,11 @@ class NftablesBackend:
     cfg: Config
     netns: str | None = None
     name: str = "nftables"
-    reapply_when_gone = True
-    """The daemon puts the table back when it disappears (``flush ruleset``,
-    e.g. ``systemctl restart nftables``): one atomic nft transaction, safe
-    even if ``revnat64 firewall --apply`` runs at the same moment."""
+    gone_hint = "a `flush ruleset`, e.g. systemctl restart nftables"
+    grace_checks = 0
+    """The daemon puts the table back when it disappears: one atomic nft
+    transaction, safe even if ``revnat64 firewall --apply`` runs at the same
+    moment."""
 
     def render(self) -> str:
         return render_nftables(self.cfg)
@@ -101,9 +103,14 @@ class IptablesBackend:
     cfg: Config
     netns: str | None = None
     name: str = "iptables"
-    reapply_when_gone = False
-    """Re-applying is the router's firewall hook's job (Merlin's firewall-start):
-    two concurrent applies could both add the FORWARD jump."""
+    gone_hint = "a firewall restart or an iptables flush"
+    grace_checks = 1
+    """A firewall restart (Merlin's, ufw's, an ``iptables-restore`` of a saved
+    ruleset) drops our chains and jumps; with a FORWARD policy of ACCEPT that
+    leaves the devices open.  The daemon puts them back when two checks in a
+    row (5-10 s) find them gone, which leaves Merlin's firewall-start the
+    time to do it first.  Apply holds a lock, so both may run at the same
+    moment without duplicating a jump."""
 
     def render(self) -> str:
         return render_iptables(self.cfg)

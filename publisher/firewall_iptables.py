@@ -13,6 +13,11 @@ chain is touched.  Chains of ours that the new config no longer needs are
 emptied and deleted in the same commit.  Each chain is hooked from its
 built-in chain by a single jump, added only when ``-C`` says it is missing.
 
+Applying is check-then-add, so two at once (the daemon's watchdog and
+Merlin's ``firewall-start`` after a firewall restart) could both add a
+jump.  Apply and remove therefore hold an exclusive ``flock`` on
+``<daemon.state_dir>/iptables.lock`` (:func:`exclusive`).
+
 Unlike nftables, an ACCEPT in a chain called from FORWARD ends FORWARD, so
 the router's own rules (Merlin drops forwarded IPv6 by default) no longer
 see the traffic our allow lists accept; everything else returns to them.
@@ -20,9 +25,13 @@ see the traffic our allow lists accept; everything else returns to them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shlex
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 
@@ -55,6 +64,8 @@ CHAIN_MAX = 28  # XT_EXTENSION_MAXNAMELEN - 1
 MULTIPORT_MAX = 15  # xt_multiport: a range counts as two
 HASHLIMIT_UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
 MAX_UNHOOK = 32  # bound on removing duplicate jumps someone else added
+LOCK_FILE = "iptables.lock"
+LOCK_TIMEOUT = 60.0  # another apply is seconds at most; waiting longer means it hangs
 
 
 @dataclass(frozen=True)
@@ -347,8 +358,40 @@ def _hooked(hook: Hook, netns: str | None) -> bool:
     return True
 
 
+@contextmanager
+def exclusive(cfg: Config, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the iptables lock of ``cfg``'s state directory (one changer at a time).
+
+    ``flock`` belongs to the open file, so a holder that dies releases it.
+    """
+    os.makedirs(cfg.daemon.state_dir, exist_ok=True)
+    path = os.path.join(cfg.daemon.state_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FirewallError(
+                        f"another revnat64 has held {path} for {timeout:.0f} s; "
+                        "not changing the iptables rules at the same time"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def apply(cfg: Config, netns: str | None = None) -> None:
     """Replace our chains (atomically per table) and add any missing hook."""
+    with exclusive(cfg):
+        _apply(cfg, netns)
+
+
+def _apply(cfg: Config, netns: str | None) -> None:
     plan = plan_iptables(cfg)
     for family in FAMILIES:
         stale = {}
@@ -375,6 +418,11 @@ def apply(cfg: Config, netns: str | None = None) -> None:
 
 def remove(cfg: Config, netns: str | None = None) -> None:
     """Unhook and delete every chain of ours; no error when nothing is there."""
+    with exclusive(cfg):
+        _remove(cfg, netns)
+
+
+def _remove(cfg: Config, netns: str | None) -> None:
     plan = plan_iptables(cfg)
     for hook in plan.hooks:
         for _ in range(MAX_UNHOOK):

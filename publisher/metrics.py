@@ -209,9 +209,10 @@ def _firewall_families(snap: Snapshot) -> Iterator[Metric]:
     )
     reapplied = CounterMetricFamily(
         "revnat64_firewall_reapplied",
-        "Times the daemon found its nftables table gone (a flush ruleset, e.g. an "
-        "nftables restart) and applied it again. Until then the allow lists were not "
-        "enforced. Absent when the firewall is disabled.",
+        "Times the daemon found its firewall rules gone and applied them again (nftables: "
+        "a flush ruleset, e.g. an nftables restart; iptables: a firewall restart that "
+        "no hook repaired within 5-10 s). Until then the allow lists were not enforced. "
+        "Absent when the firewall is disabled.",
     )
     for name, (pkts, nbytes) in sorted(snap.firewall_drops.items()):
         packets.add_metric((name,), pkts)

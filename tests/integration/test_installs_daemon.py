@@ -167,3 +167,45 @@ def test_merlin_hooks_twice_one_daemon_no_duplicate_rules(
     again = ruleset(d)
     assert sorted(again) == sorted(applied)
     assert len(again) == len(set(again)), "duplicate rules after firewall-start ran twice"
+
+
+def test_flushed_iptables_rules_are_put_back_by_the_daemon_itself(
+    merlin: tuple[DaemonLab, dict[str, str]],
+) -> None:
+    """A firewall restart without firewall-start (ufw, iptables-restore of a saved set)."""
+    d, env = merlin
+    d.router.run(["sh", str(MERLIN / "services-start")], env=env)
+
+    def status() -> dict[str, object]:
+        argv = [env["REVNAT64"], "status", "--json", "-c", env["REVNAT64_CONFIG"]]
+        out = d.router.run(argv, env=env, check=False).stdout
+        return json.loads(out) if out.startswith("{") else {}  # type: ignore[no-any-return]
+
+    wait_for(lambda: status().get("firewall_state") == "applied", timeout=30, what="start")
+    applied = ruleset(d)
+    for tool in ("iptables", "ip6tables"):
+        d.router.run([tool, "-F"])
+    assert not [rule for rule in ruleset(d) if "-A FORWARD -j REVNAT64-FWD" in rule]
+    # Within the daemon's 5 s check the jumps and the chains' rules are back.
+    wait_for(lambda: sorted(ruleset(d)) == sorted(applied), timeout=20, what="the rules back")
+    log = Path(env["REVNAT64_LOG"]).read_text()
+    assert "the iptables rules are gone (a firewall restart or an iptables flush?)" in log
+    assert status()["firewall_reapplied"] == 1
+
+
+def test_concurrent_applies_add_each_jump_once(
+    merlin: tuple[DaemonLab, dict[str, str]],
+) -> None:
+    """The watchdog and firewall-start may apply at the same moment: the lock serialises them."""
+    d, env = merlin
+    argv = [env["REVNAT64"], "firewall", "-c", env["REVNAT64_CONFIG"], "--apply"]
+    for _ in range(3):  # three rounds of a flushed table and four appliers racing
+        for tool in ("iptables", "ip6tables"):
+            d.router.run([tool, "-F"])
+        procs = [d.router.popen(argv, env=env) for _ in range(4)]
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0
+        rules = ruleset(d)
+        jumps = [rule for rule in rules if " -j REVNAT64-" in rule and "-A REVNAT64" not in rule]
+        assert len(jumps) == len(set(jumps)), jumps
+        assert len(rules) == len(set(rules)), "a duplicate rule"

@@ -246,3 +246,34 @@ def test_fw4_snippet_is_written_only_when_it_changes(tmp_path: Path) -> None:
     assert first.stdout.endswith(" updated\n") and again.stdout.endswith(" unchanged\n")
     assert rules(target.read_text(encoding="utf-8"))[0].startswith('oifname "rn64t0"')
     assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_iptables_lock_is_exclusive_and_a_holder_that_hangs_is_named(tmp_path: Path) -> None:
+    """apply/remove serialise on <state_dir>/iptables.lock (the watchdog vs firewall-start)."""
+    import fcntl
+    import threading
+
+    from publisher.firewall_common import FirewallError
+    from publisher.firewall_iptables import LOCK_FILE, exclusive
+
+    cfg = config(SINGLE + f"daemon: {{state_dir: {tmp_path}/state}}\n")
+    order: list[str] = []
+    with exclusive(cfg):
+
+        def second() -> None:
+            with exclusive(cfg, timeout=10):
+                order.append("second")
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(0.3)
+        order.append("first")  # the other one is still waiting for the lock
+    waiter.join(10)
+    assert order == ["first", "second"]
+
+    path = tmp_path / "state" / LOCK_FILE
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(FirewallError, match=f"another revnat64 has held {path}"):
+            with exclusive(cfg, timeout=0.2):
+                pass

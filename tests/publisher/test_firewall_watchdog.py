@@ -18,7 +18,8 @@ from publisher.firewall_common import FirewallError
 
 class ScriptedBackend:
     name = "nftables"
-    reapply_when_gone = True
+    gone_hint = "a test"
+    grace_checks = 0
 
     def __init__(self, present: list[bool], apply_errors: list[str | None]) -> None:
         self.present = present
@@ -36,7 +37,9 @@ class ScriptedBackend:
 
 
 def daemon_with(backend: object) -> SimpleNamespace:
-    return SimpleNamespace(firewall=backend, firewall_state="applied", firewall_reapplied=0)
+    return SimpleNamespace(
+        firewall=backend, firewall_state="applied", firewall_reapplied=0, firewall_missing=0
+    )
 
 
 def check(d: SimpleNamespace) -> None:
@@ -63,10 +66,22 @@ def test_a_failing_reapply_is_logged_once_then_recovers(caplog: pytest.LogCaptur
     assert d.firewall_state == "applied" and d.firewall_reapplied == 1 and backend.applied == 1
 
 
-def test_backends_that_leave_reapplying_to_the_router_are_not_touched() -> None:
-    backend = ScriptedBackend([], [])
-    backend.reapply_when_gone = False
+def test_a_disabled_firewall_is_not_watched() -> None:
+    d = daemon_with(None)
+    check(d)
+    assert d.firewall_reapplied == 0 and d.firewall_state == "applied"
+
+
+def test_grace_checks_leave_the_routers_own_hook_time_first() -> None:
+    """iptables on Merlin: firewall-start re-applies after a firewall restart."""
+    backend = ScriptedBackend([False, True, False, False, False], [None, None])
+    backend.grace_checks = 1
     d = daemon_with(backend)
-    check(d)  # is_applied would pop from an empty script: it must not be called
-    assert d.firewall_reapplied == 0
-    check(daemon_with(None))  # firewall disabled
+    check(d)  # gone once: wait
+    check(d)  # back (firewall-start did it): nothing to count
+    assert backend.applied == 0 and d.firewall_reapplied == 0
+    check(d)  # gone
+    check(d)  # still gone: re-apply
+    assert backend.applied == 1 and d.firewall_reapplied == 1
+    check(d)  # gone again: a fresh grace
+    assert backend.applied == 1
