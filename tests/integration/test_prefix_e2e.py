@@ -92,6 +92,7 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         d.start()
         assert pings(d, OLD + "50")
         assert f"{OLD}50 " in tun_routes(d)
+        assert f"{OLD}50 dev pd0" in d.router.run("ip -6 neigh show proxy").stdout
         st = status_json(d)
         assert (st["published_prefix"], st["prefix_changes"]) == (f"{OLD}/64 from pd0", 0)
 
@@ -113,6 +114,10 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         assert pings(d, NEW + "50")
         routes = tun_routes(d)
         assert f"{NEW}50 " in routes and f"{OLD}50 " not in routes
+        # The address is on-link on pd0, so the router answers neighbour solicitations
+        # for it there: the proxy entry moved too.
+        proxies = d.router.run("ip -6 neigh show proxy").stdout
+        assert f"{NEW}50 dev pd0" in proxies and f"{OLD}50 " not in proxies
         assert not pings(d, OLD + "50")
         st = status_json(d)
         assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64 from pd0", 1)
