@@ -63,6 +63,7 @@ DEFAULT_STATE_DIR = "/var/lib/revnat64"
 # RFC 6052 section 2.2: the only legal prefix lengths.
 RFC6052_LENGTHS = frozenset({32, 40, 48, 56, 64, 96})
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
+RESERVED_ZERO8 = IPv6Network("::/8")  # unspecified, loopback, IPv4-compatible (RFC 4291)
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
 MAPPING_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -599,6 +600,12 @@ def _parse_translator(r: _Reader, node: Any) -> TranslatorSection | None:
         )
     elif prefix is not None and prefix.network_address.packed[8] != 0:
         r.problem(f"{p}.prefix", "bits 64-71 (the RFC 6052 u-octet) must be zero")
+    elif prefix is not None and prefix.subnet_of(RESERVED_ZERO8):
+        r.problem(
+            f"{p}.prefix",
+            f"{prefix} lies in ::/8, reserved by RFC 4291 (and not a ::suffix: the "
+            "RFC 6052 prefix is always written in full); use one of your own or 64:ff9b::/96",
+        )
     if mtu is not None and lowest is not None and lowest > mtu:
         r.problem(f"{p}.lowest_ipv6_mtu", f"({lowest}) cannot exceed translator.mtu ({mtu})")
     if pool4 is not None and pool4.num_addresses < 2 and v4 is not None and v4 in pool4:

@@ -145,6 +145,12 @@ def test_check_command_reports_each_problem_on_its_own_line(tmp_path: Path) -> N
             "test.yaml: translator.prefix: bits 64-71 (the RFC 6052 u-octet) must be zero",
         ),
         (
+            {"translator__prefix": "::/96"},
+            "test.yaml: translator.prefix: ::/96 lies in ::/8, reserved by RFC 4291 (and not "
+            "a ::suffix: the RFC 6052 prefix is always written in full); use one of your own "
+            "or 64:ff9b::/96",
+        ),
+        (
             {"mappings__0__ipv6": "2001:db8:200::zz"},
             "test.yaml: mappings[0].ipv6: '2001:db8:200::zz' is not an IPv6 address or prefix",
         ),
