@@ -74,9 +74,10 @@ def status_json(d: DaemonLab) -> dict[str, Any]:
 
 
 def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path) -> None:
+    """The kernel's flags and lifetimes as pyroute2 reports them (unique local and
+    link-local prefixes are covered by the pure tests: only documentation ranges here)."""
     ns = lab.netns("pfx")
     link_pd0(ns)
-    ns.run("ip -6 addr add fd00:1::1/64 dev pd0 nodad")  # unique local: never published
     ns.run("ip -6 addr add 2001:db8:aa::1/64 dev pd0 nodad preferred_lft 0")  # deprecated
     ns.run("ip -6 addr add 2001:db8:bb::1/64 dev pd0 nodad preferred_lft 600 valid_lft 900")
     ns.run("ip -6 addr add 2001:db8:cc::1/64 dev pd0 nodad preferred_lft 60 valid_lft 900")
