@@ -26,8 +26,8 @@ PYTHONPATH="$DEST/lib" exec python3 -m publisher.cli "\$@"
 EOT
 chmod 0755 "$DEST/bin/revnat64"
 
-cp "$HERE/services-start" "$HERE/firewall-start" "$DEST/hooks/"
-chmod 0755 "$DEST/hooks/services-start" "$DEST/hooks/firewall-start"
+cp "$HERE/services-start" "$HERE/firewall-start" "$HERE/wan-event" "$DEST/hooks/"
+chmod 0755 "$DEST/hooks/services-start" "$DEST/hooks/firewall-start" "$DEST/hooks/wan-event"
 
 if [ ! -f "$DEST/mappings.yaml" ]; then
 	PYTHONPATH="$DEST/lib" python3 - "$DEST" <<'EOT'
@@ -53,6 +53,7 @@ add_hook() {
 }
 add_hook services-start "sh $DEST/hooks/services-start # revnat64"
 add_hook firewall-start "sh $DEST/hooks/firewall-start \"\$@\" # revnat64"
+add_hook wan-event "sh $DEST/hooks/wan-event \"\$@\" # revnat64"
 
 # Merlin runs /jffs/scripts only with this setting on.
 if command -v nvram >/dev/null 2>&1 && [ "$(nvram get jffs2_scripts)" != 1 ]; then

@@ -209,3 +209,20 @@ def test_concurrent_applies_add_each_jump_once(
         jumps = [rule for rule in rules if " -j REVNAT64-" in rule and "-A REVNAT64" not in rule]
         assert len(jumps) == len(set(jumps)), jumps
         assert len(rules) == len(set(rules)), "a duplicate rule"
+
+
+def test_merlin_wan_event_starts_a_daemon_that_is_not_running(
+    merlin: tuple[DaemonLab, dict[str, str]],
+) -> None:
+    """After the 60 s prefix wait at boot the daemon is gone; a WAN connect brings it back."""
+    d, env = merlin
+    pidfile = Path(env["REVNAT64_PIDFILE"])
+    for event in ("init", "connecting", "disconnected", "stopped"):
+        d.router.run(["sh", str(MERLIN / "wan-event"), "0", event], env=env)
+    assert not pidfile.exists()
+    d.router.run(["sh", str(MERLIN / "wan-event"), "0", "connected"], env=env)
+    argv = [env["REVNAT64"], "status", "--json", "-c", env["REVNAT64_CONFIG"]]
+    wait_for(lambda: d.router.run(argv, env=env, check=False).returncode == 0, timeout=30)
+    first = pidfile.read_text().strip()
+    d.router.run(["sh", str(MERLIN / "wan-event"), "1", "connected"], env=env)
+    assert pidfile.read_text().strip() == first  # running: left alone

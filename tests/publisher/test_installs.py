@@ -78,6 +78,7 @@ def shell_scripts() -> list[tuple[Path, str]]:
         (OPENWRT / "hotplug.d" / "iface" / "90-revnat64", "sh"),
         (MERLIN / "services-start", "sh"),
         (MERLIN / "firewall-start", "sh"),
+        (MERLIN / "wan-event", "sh"),
         (MERLIN / "install.sh", "sh"),
     ]
     return scripts
@@ -596,7 +597,12 @@ def test_merlin_install_appends_hooks_once(tmp_path: Path) -> None:
         "echo mine",
         f'sh {dest}/hooks/firewall-start "$@" # revnat64',
     ]
+    assert (jffs / "wan-event").read_text().splitlines() == [
+        "#!/bin/sh",
+        f'sh {dest}/hooks/wan-event "$@" # revnat64',
+    ]
     assert os.access(jffs / "services-start", os.X_OK)
+    assert os.access(jffs / "wan-event", os.X_OK)
     config = load_config(dest / "mappings.yaml")
     assert config.firewall.backend == "iptables"
     assert config.daemon.state_dir == f"{dest}/state"
