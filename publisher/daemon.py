@@ -227,7 +227,9 @@ class Daemon:
         deadline = time.monotonic() + PREFIX_START_WAIT
         while True:
             try:
-                return load_config_compact(self.config_path)
+                cfg = load_config_compact(self.config_path)
+                self.prefix_gone = False  # the run loop logs a later loss afresh
+                return cfg
             except PrefixMissing as exc:
                 if time.monotonic() >= deadline:
                     raise
