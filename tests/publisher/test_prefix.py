@@ -289,3 +289,19 @@ def test_ptr_updates_with_a_dynamic_prefix_are_warned_about() -> None:
     doc["dns"].update(ptr=True, update_on_change=True)
     warned = [w for w in config_warnings(parse_config(doc, "t", NEW)) if "dns.ptr" in w]
     assert warned and "every new prefix needs its own ip6.arpa zone" in warned[0]
+
+
+def test_the_daemon_waits_for_a_prefix_then_gives_up_naming_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At start: wait (said once), then PrefixMissing, which `revnat64 run` turns into exit 1."""
+    from publisher import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "PREFIX_START_WAIT", 1.5)
+    doc = copy.deepcopy(RELATIVE)
+    doc["wan"]["prefix_from"] = "rn64nosuch0"  # no such interface on this host
+    daemon = daemon_module.Daemon(str(write(tmp_path, doc)))
+    with pytest.raises(PrefixMissing, match="wan.prefix_from: no interface rn64nosuch0; "):
+        daemon._load_waiting_for_prefix()
+    err = capsys.readouterr().err
+    assert err.count("waiting for one") == 1 and "no interface rn64nosuch0" in err
