@@ -204,7 +204,7 @@ def iperf(net: HomeRouterLab, seconds: int, reverse: bool = False, udp: bool = F
         return 0.0
     if udp:
         s = end["sum"]
-        return (s["packets"] - s["lost_packets"]) / s["seconds"]
+        return float((s["packets"] - s["lost_packets"]) / s["seconds"])
     return float(end["sum_received"]["bits_per_second"])
 
 
