@@ -97,7 +97,8 @@ class PrefixMissing(ConfigError):
     """``wan.prefix_from`` has no usable prefix now (the daemon waits for one)."""
 
 
-PrefixLookup = Callable[[str], "IPv6Network | None"]
+# (interface, wan.prefix_within) -> the prefix to publish in, or None
+PrefixLookup = Callable[[str, "tuple[IPv6Network, ...]"], "IPv6Network | None"]
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,8 @@ class WanSettings:
     """The interface whose global prefix ``::suffix`` addresses follow (publisher.prefix)."""
     prefix: IPv6Network | None = None
     """The prefix they were resolved against (prefix.PLACEHOLDER while there is none)."""
+    prefix_within: tuple[IPv6Network, ...] = ()
+    """Where the ISP delegates from; prefixes outside are never followed."""
 
 
 @dataclass(frozen=True)
@@ -782,7 +785,9 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
 
     r.prefix_from, r.prefix = raw_prefix_from(data), prefix
     tr = _parse_translator(r, top.get("translator"))
-    wan_d = r.section(top.get("wan"), "wan", ("interface", "proxy_ndp", "prefix_from"))
+    wan_d = r.section(
+        top.get("wan"), "wan", ("interface", "proxy_ndp", "prefix_from", "prefix_within")
+    )
     if top.get("wan") is None:
         r.problem("wan", "is required")
     wan_if = r.get(wan_d, "wan", "interface", _ifname)
@@ -790,6 +795,9 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
     prefix_from = r.get(wan_d, "wan", "prefix_from", _ifname, None)
     if prefix_from is not None and prefix is None:
         r.problem("wan.prefix_from", f"no current prefix of {prefix_from} was given")
+    within = _list_of(r, wan_d, "wan", "prefix_within", _ipv6_network)
+    if within and prefix_from is None:
+        r.problem("wan.prefix_within", "only means something with wan.prefix_from")
     if prefix_from is not None and tr is not None and prefix_from == tr.tun_device:
         r.problem(
             "wan.prefix_from",
@@ -863,7 +871,9 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
     return Config(
         path=file,
         translator=tr,
-        wan=WanSettings(wan_if, proxy_ndp, prefix_from, prefix if prefix_from else None),
+        wan=WanSettings(
+            wan_if, proxy_ndp, prefix_from, prefix if prefix_from else None, tuple(within)
+        ),
         lan=LanSettings(lan_if, lan_nets),
         mappings=mappings,
         firewall=FirewallSettings(**fw),
@@ -1029,12 +1039,17 @@ def parse_config_text(
     ifname = raw_prefix_from(data)
     if ifname is None:
         return parse_config(data, file)
+    within = raw_prefix_within(data)
+    if within is None:  # parse_config names the entry that does not parse
+        return parse_config(data, file, PLACEHOLDER)
     try:
         if prefix_lookup is not None:
-            prefix = prefix_lookup(ifname)
+            prefix = prefix_lookup(ifname, within)
         else:  # agree with the running daemon while its prefix is usable
-            prefix = read_prefix(ifname, keep=remembered(raw_state_dir(data), ifname))
-        why = f"{ifname} has no global IPv6 prefix now"
+            keep = remembered(raw_state_dir(data), ifname)
+            prefix = read_prefix(ifname, keep=keep, within=within)
+        where = " inside wan.prefix_within" if within else ""
+        why = f"{ifname} has no global IPv6 prefix{where} now"
     except LookupError as exc:
         prefix, why = None, str(exc)
     except Exception as exc:  # netlink trouble: say so, like any other problem
@@ -1053,6 +1068,21 @@ def raw_state_dir(data: Any) -> str:
     daemon = data.get("daemon") if isinstance(data, dict) else None
     value = daemon.get("state_dir") if isinstance(daemon, dict) else None
     return value if isinstance(value, str) and value else DEFAULT_STATE_DIR
+
+
+def raw_prefix_within(data: Any) -> tuple[IPv6Network, ...] | None:
+    """``wan.prefix_within`` straight from the YAML tree; None if an entry does not
+    parse (parse_config then reports it, naming the entry)."""
+    wan = data.get("wan") if isinstance(data, dict) else None
+    values = wan.get("prefix_within") if isinstance(wan, dict) else None
+    if values is None:
+        return ()
+    if not isinstance(values, list):
+        return None
+    try:
+        return tuple(IPv6Network(str(value), strict=True) for value in values)
+    except ValueError:
+        return None
 
 
 def raw_prefix_from(data: Any) -> str | None:

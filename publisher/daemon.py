@@ -445,11 +445,13 @@ class Daemon:
         if not ifname:
             return
         try:
-            current = read_prefix(ifname, self._ipr(), keep=self.cfg.wan.prefix)
+            within = self.cfg.wan.prefix_within
+            current = read_prefix(ifname, self._ipr(), self.cfg.wan.prefix, within)
         except Exception as exc:  # the interface went away, or netlink failed
             current, why = None, str(exc)
         else:
-            why = f"{ifname} has no global IPv6 prefix"
+            where = " inside wan.prefix_within" if self.cfg.wan.prefix_within else ""
+            why = f"{ifname} has no global IPv6 prefix{where}"
         if current is None:
             if not self.prefix_gone:
                 log.warning("%s; keeping %s until one comes", why, self.cfg.wan.prefix)
@@ -493,9 +495,9 @@ class Daemon:
         """The daemon's netlink socket, once it has one (None: open one per call)."""
         return self.netlink.ipr if self.netlink is not None else None
 
-    def _keep_prefix(self, ifname: str) -> IPv6Network | None:
+    def _keep_prefix(self, ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network | None:
         """wan.prefix_from's prefix for a reload: the one in use while it is still usable."""
-        return read_prefix(ifname, self._ipr(), keep=self.cfg.wan.prefix)
+        return read_prefix(ifname, self._ipr(), self.cfg.wan.prefix, within)
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self.reload_requested = True

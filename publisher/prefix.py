@@ -16,7 +16,7 @@ the kernel (netlink, through pyroute2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any
@@ -48,7 +48,9 @@ class InterfaceAddress:
 
 
 def choose_prefix(
-    addresses: Iterable[InterfaceAddress], keep: IPv6Network | None = None
+    addresses: Iterable[InterfaceAddress],
+    keep: IPv6Network | None = None,
+    within: Sequence[IPv6Network] = (),
 ) -> IPv6Network | None:
     """The prefix to publish from: global, not deprecated, longest preferred lifetime.
 
@@ -60,6 +62,10 @@ def choose_prefix(
     prefixes whose lifetimes count down and are refreshed at different
     moments, "longest" alone would flip between them and renumber the
     devices every few seconds.  Otherwise ties go to the lowest prefix.
+
+    ``within`` (``wan.prefix_within``), when given, is where the ISP delegates
+    from: a prefix outside all of it is ignored, so a forged router
+    advertisement cannot move the published addresses into a prefix of its own.
     """
     best: tuple[int, IPv6Network] | None = None
     for a in addresses:
@@ -67,6 +73,8 @@ def choose_prefix(
         if a.deprecated or a.preferred == 0 or net.prefixlen >= 128:
             continue
         if any(net.subnet_of(bad) for bad in NOT_PUBLISHABLE):
+            continue
+        if within and not any(net.subnet_of(ok) for ok in within):
             continue
         if net == keep:
             return net
@@ -112,7 +120,10 @@ def resolve_address(text: str, prefix: IPv6Network) -> IPv6Address:
 
 
 def read_prefix(
-    ifname: str, ipr: Any = None, keep: IPv6Network | None = None
+    ifname: str,
+    ipr: Any = None,
+    keep: IPv6Network | None = None,
+    within: Sequence[IPv6Network] = (),
 ) -> IPv6Network | None:
     """The prefix :func:`choose_prefix` picks among ``ifname``'s addresses now.
 
@@ -123,7 +134,7 @@ def read_prefix(
         from pyroute2 import IPRoute
 
         with IPRoute() as own:
-            return read_prefix(ifname, own, keep)
+            return read_prefix(ifname, own, keep, within)
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         raise LookupError(f"no interface {ifname}")
@@ -136,7 +147,7 @@ def read_prefix(
         preferred = FOREVER if cache is None else int(cache["ifa_preferred"])
         net = IPv6Network(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
         rows.append(InterfaceAddress(net, bool(flags & IFA_F_DEPRECATED), preferred))
-    return choose_prefix(rows, keep)
+    return choose_prefix(rows, keep, within)
 
 
 def remembered_text(prefix: IPv6Network, ifname: str) -> str:

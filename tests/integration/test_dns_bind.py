@@ -604,7 +604,7 @@ def test_a_new_prefix_moves_the_aaaa_of_suffix_mappings(named: Named, tmp_path: 
     wan = "wan: {interface: eth0, prefix_from: x0}"
     conf.write_text(conf.read_text().replace("wan: {interface: eth0}", wan))
     for prefix in ("2001:db8:200:aa::/64", "2001:db8:200:bb::/64"):
-        cfg = load_config(conf, prefix_lookup=lambda _, p=prefix: IPv6Network(p))
+        cfg = load_config(conf, prefix_lookup=lambda _, __, p=prefix: IPv6Network(p))
         run_update(cfg)
         assert named.rrset(NAS, "AAAA") == {prefix.replace("/64", "51")}
         assert named.rrset(FRONTDOOR, "AAAA") == {"2001:db8:200::50"}  # written in full

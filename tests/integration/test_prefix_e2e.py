@@ -24,8 +24,10 @@ OLD, NEW = "2001:db8:aa::", "2001:db8:bb::"
 READ_PREFIX = """
 import sys
 sys.path.insert(0, sys.argv[1])
+from ipaddress import IPv6Network
 from publisher.prefix import read_prefix
 print(read_prefix("pd0"))
+print(read_prefix("pd0", within=(IPv6Network("2001:db8:cc::/48"),)))
 try:
     read_prefix("nope0")
 except LookupError as exc:
@@ -82,7 +84,7 @@ def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path)
     ns.run("ip -6 addr add 2001:db8:bb::1/64 dev pd0 nodad preferred_lft 600 valid_lft 900")
     ns.run("ip -6 addr add 2001:db8:cc::1/64 dev pd0 nodad preferred_lft 60 valid_lft 900")
     out = ns.run([sys.executable, "-c", READ_PREFIX, str(ROOT)]).stdout.split("\n")
-    assert out[:2] == ["2001:db8:bb::/64", "no interface nope0"]
+    assert out[:3] == ["2001:db8:bb::/64", "2001:db8:cc::/64", "no interface nope0"]
 
 
 def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:

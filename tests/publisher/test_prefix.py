@@ -22,6 +22,7 @@ from publisher.config import (
     summary,
 )
 from publisher.prefix import (
+    FOREVER,
     PLACEHOLDER,
     PREFIX_STATE_FILE,
     InterfaceAddress,
@@ -206,7 +207,7 @@ def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
 def test_loading_reads_the_prefix_of_the_named_interface(tmp_path: Path) -> None:
     asked: list[str] = []
 
-    def lookup(ifname: str) -> IPv6Network:
+    def lookup(ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network:
         asked.append(ifname)
         return NEW
 
@@ -217,12 +218,12 @@ def test_loading_reads_the_prefix_of_the_named_interface(tmp_path: Path) -> None
 def test_loading_without_a_prefix_fails_unless_a_placeholder_will_do(tmp_path: Path) -> None:
     path = write(tmp_path, RELATIVE)
     with pytest.raises(PrefixMissing) as info:
-        load_config(path, prefix_lookup=lambda _: None)
+        load_config(path, prefix_lookup=lambda _, __: None)
     assert [str(p) for p in info.value.problems] == [
         f"{path}: wan.prefix_from: br-lan has no global IPv6 prefix now; "
         "the ::suffix addresses need one"
     ]
-    cfg = load_config(path, placeholder=True, prefix_lookup=lambda _: None)
+    cfg = load_config(path, placeholder=True, prefix_lookup=lambda _, __: None)
     assert cfg.wan.prefix == PLACEHOLDER
     assert cfg.mappings[0].ipv6.subnet_of(PLACEHOLDER)
     warning = [w for w in config_warnings(cfg) if "prefix_from" in w]
@@ -231,7 +232,7 @@ def test_loading_without_a_prefix_fails_unless_a_placeholder_will_do(tmp_path: P
 
 
 def test_loading_names_a_missing_interface(tmp_path: Path) -> None:
-    def lookup(ifname: str) -> IPv6Network:
+    def lookup(ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network:
         raise LookupError(f"no interface {ifname}")
 
     with pytest.raises(PrefixMissing, match="wan.prefix_from: no interface br-lan; "):
@@ -246,7 +247,7 @@ def test_config_without_prefix_from_never_looks_up_a_prefix(tmp_path: Path) -> N
     for m, full in zip(doc["mappings"], ("2001:db8:200::50", "2001:db8:200:1::80/121")):
         m["ipv6"] = full
 
-    def lookup(ifname: str) -> IPv6Network:
+    def lookup(ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network:
         raise AssertionError("looked up a prefix")
 
     cfg = load_config(write(tmp_path, doc), prefix_lookup=lookup)
@@ -305,3 +306,41 @@ def test_the_daemon_waits_for_a_prefix_then_gives_up_naming_why(
         daemon._load_waiting_for_prefix()
     err = capsys.readouterr().err
     assert err.count("waiting for one") == 1 and "no interface rn64nosuch0" in err
+
+
+def test_prefix_within_ignores_prefixes_outside_the_isps_block() -> None:
+    """A forged RA offering a prefix of its own is not followed (wan.prefix_within)."""
+    isp = (IPv6Network("2001:db8:b0::/44"),)
+    forged = addr("2001:db8:aa::1/64", preferred=FOREVER)
+    real = addr("2001:db8:bb::1/64", preferred=600)
+    assert choose_prefix([forged, real]) == OLD
+    assert choose_prefix([forged, real], within=isp) == NEW
+    assert choose_prefix([forged], within=isp) is None
+    assert choose_prefix([forged, real], keep=OLD, within=isp) == NEW
+
+
+def test_prefix_within_is_passed_to_the_lookup_and_checked(tmp_path: Path) -> None:
+    doc = copy.deepcopy(RELATIVE)
+    doc["wan"]["prefix_within"] = ["2001:db8:b0::/44"]
+    seen: list[tuple[IPv6Network, ...]] = []
+
+    def lookup(ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network:
+        seen.append(within)
+        return NEW
+
+    cfg = load_config(write(tmp_path, doc), prefix_lookup=lookup)
+    assert seen == [(IPv6Network("2001:db8:b0::/44"),)]
+    assert cfg.wan.prefix_within == seen[0]
+    with pytest.raises(PrefixMissing, match="no global IPv6 prefix inside wan.prefix_within"):
+        load_config(write(tmp_path, doc), prefix_lookup=lambda _, __: None)
+
+    doc["wan"]["prefix_within"] = ["2001:db8:b0::/44", "isp-block"]
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, doc), prefix_lookup=lookup)
+    assert [p.path for p in info.value.problems] == ["wan.prefix_within[1]"]
+
+    doc["wan"]["prefix_within"] = ["2001:db8:b0::/44"]
+    del doc["wan"]["prefix_from"]
+    assert "test.yaml: wan.prefix_within: only means something with wan.prefix_from" in problems(
+        doc, None
+    )
