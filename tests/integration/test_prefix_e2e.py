@@ -60,6 +60,10 @@ def pings(d: DaemonLab, dst: str) -> bool:
     return "2 received" in out.stdout
 
 
+def firewall_text(d: DaemonLab) -> str:
+    return d.router.run("nft list table inet revnat64").stdout
+
+
 def tun_routes(d: DaemonLab) -> str:
     return d.router.run(f"ip -6 route show dev {d.tun}").stdout
 
@@ -91,9 +95,12 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
     d = DaemonLab(lab, tmp_path)
     try:
         add_pd0(d, OLD)
-        d.write_config(relative_config(d, tmp_path))
+        cfg = relative_config(d, tmp_path)
+        cfg["firewall"] = {"enabled": True, "backend": "nftables"}
+        d.write_config(cfg)
         d.start()
-        assert pings(d, OLD + "50")
+        assert pings(d, OLD + "50")  # through the firewall's allow list
+        assert f"{OLD}50" in firewall_text(d)
         assert f"{OLD}50 " in tun_routes(d)
         assert f"{OLD}50 dev pd0" in d.router.run("ip -6 neigh show proxy").stdout
         st = status_json(d)
@@ -121,6 +128,8 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         # for it there: the proxy entry moved too.
         proxies = d.router.run("ip -6 neigh show proxy").stdout
         assert f"{NEW}50 dev pd0" in proxies and f"{OLD}50 " not in proxies
+        rules = firewall_text(d)
+        assert f"{NEW}50" in rules and f"{OLD}50" not in rules
         assert not pings(d, OLD + "50")
         st = status_json(d)
         assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64 from pd0", 1)
