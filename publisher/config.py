@@ -224,6 +224,8 @@ class LanSettings:
 class FirewallSettings:
     enabled: bool = True
     backend: str = "nftables"  # "nftables" | "iptables"
+    check_interval: int = 5
+    """Seconds between the daemon's checks that its rules are still there; 0: none."""
 
 
 @dataclass(frozen=True)
@@ -818,6 +820,7 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
         {
             "enabled": (_bool, True),
             "backend": (_choice("nftables", "iptables"), "nftables"),
+            "check_interval": (_int_in(0, 3600), 5),
         },
     )
     dns = _parse_simple(

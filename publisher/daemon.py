@@ -55,8 +55,6 @@ from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
-# How often the daemon checks that its nftables table is still there.
-FIREWALL_CHECK_INTERVAL = 5.0
 PREFIX_CHECK_INTERVAL = 5.0  # how soon a new prefix on wan.prefix_from is followed
 PREFIX_START_WAIT = 60.0  # at start, wait this long for one (then exit; systemd restarts)
 
@@ -375,7 +373,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         sdnotify.notify("READY=1", self.status_line())
-        next_firewall_check = time.monotonic() + FIREWALL_CHECK_INTERVAL
+        next_firewall_check = time.monotonic() + self.cfg.firewall.check_interval
         next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
         while not self.stopping:
             if self.reload_requested:
@@ -386,9 +384,10 @@ class Daemon:
                 if not worker.alive():
                     log.error("data-plane worker %d (pid %d) died; stopping", index, worker.pid)
                     return 1
-            if time.monotonic() >= next_firewall_check:
+            interval = self.cfg.firewall.check_interval  # a reload may change it
+            if interval and time.monotonic() >= next_firewall_check:
                 self._check_firewall()
-                next_firewall_check = time.monotonic() + FIREWALL_CHECK_INTERVAL
+                next_firewall_check = time.monotonic() + interval
             if time.monotonic() >= next_prefix_check:
                 self._check_prefix()
                 next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
@@ -401,7 +400,7 @@ class Daemon:
         ``systemctl restart nftables`` loads /etc/nftables.conf, which usually
         starts with ``flush ruleset``, and a firewall restart on an iptables
         router drops our chains: the allow lists stop being enforced.  This
-        closes that hole within FIREWALL_CHECK_INTERVAL, says so in the log
+        closes that hole within ``firewall.check_interval``, says so in the log
         and counts it.  A backend with ``grace_checks`` waits that many checks
         first: Merlin's own firewall-start puts the iptables rules back after
         its firewall restarts, and doing its job for it would be counted (and

@@ -10,6 +10,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def test_a_flushed_ruleset_is_put_back_and_enforced_again(fwd: DaemonLab) -> Non
     assert fetch(fwd, 8081).returncode != 0
     fwd.router.run(["nft", "flush", "ruleset"])
     assert "revnat64" not in tables(fwd)
-    # Within FIREWALL_CHECK_INTERVAL (5 s) the table is back, and so is the allow list.
+    # Within firewall.check_interval (5 s) the table is back, and so is the allow list.
     wait_for(lambda: "table inet revnat64" in tables(fwd), timeout=20, what="the table back")
     assert fetch(fwd, 8081).returncode != 0
     assert "applying them again" in fwd.logs()
@@ -94,3 +95,17 @@ def test_a_flushed_ruleset_is_put_back_and_enforced_again(fwd: DaemonLab) -> Non
     snap = json.loads(status.stdout)
     assert snap["firewall_reapplied"] == 1 and snap["firewall_state"] == "applied", snap
     assert fwd.stop() == 0
+
+
+def test_check_interval_zero_leaves_a_flushed_ruleset_alone(fwd: DaemonLab) -> None:
+    """firewall.check_interval: 0 turns the watchdog off (a router that cannot spare the CPU)."""
+    cfg = copy.deepcopy(fwd.config)
+    cfg["firewall"]["check_interval"] = 0
+    fwd.write_config(cfg)
+    fwd.start()
+    fwd.router.run(["nft", "flush", "ruleset"])
+    time.sleep(7)  # longer than the default interval
+    assert "revnat64" not in tables(fwd)
+    assert "applying them again" not in fwd.logs()
+    fwd.reload()  # a reload applies the rules, as always
+    assert "table inet revnat64" in tables(fwd)

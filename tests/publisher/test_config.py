@@ -145,6 +145,10 @@ def test_check_command_reports_each_problem_on_its_own_line(tmp_path: Path) -> N
             "test.yaml: translator.prefix: bits 64-71 (the RFC 6052 u-octet) must be zero",
         ),
         (
+            {"firewall": {"check_interval": 7200}},
+            "test.yaml: firewall.check_interval: must be between 0 and 3600, not 7200",
+        ),
+        (
             {"translator__prefix": "::/96"},
             "test.yaml: translator.prefix: ::/96 lies in ::/8, reserved by RFC 4291 (and not "
             "a ::suffix: the RFC 6052 prefix is always written in full); use one of your own "
