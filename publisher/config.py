@@ -271,6 +271,11 @@ class Config:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     @property
+    def waiting_for_prefix(self) -> bool:
+        """``wan.prefix_from`` has no prefix yet: the ::suffix addresses sit in PLACEHOLDER."""
+        return bool(self.wan.prefix_from) and self.wan.prefix == PLACEHOLDER
+
+    @property
     def lease_file(self) -> Path:
         return Path(self.daemon.state_dir) / "leases.json"
 
@@ -994,7 +999,9 @@ def load_config(
     return parse_config_text(text, file, placeholder, prefix_lookup)
 
 
-def load_config_compact(path: str | Path, prefix_lookup: PrefixLookup | None = None) -> Config:
+def load_config_compact(
+    path: str | Path, placeholder: bool = False, prefix_lookup: PrefixLookup | None = None
+) -> Config:
     """:func:`load_config` for a process that keeps the result: the daemon.
 
     The parsed YAML tree of a 10,000-mapping file takes about 25 MiB, and the
@@ -1006,9 +1013,7 @@ def load_config_compact(path: str | Path, prefix_lookup: PrefixLookup | None = N
     """
     import pickle
 
-    blob = pickle.dumps(
-        load_config(path, prefix_lookup=prefix_lookup), protocol=pickle.HIGHEST_PROTOCOL
-    )
+    blob = pickle.dumps(load_config(path, placeholder, prefix_lookup), pickle.HIGHEST_PROTOCOL)
     return cast(Config, pickle.loads(blob))
 
 
@@ -1125,11 +1130,11 @@ def config_warnings(cfg: Config) -> list[str]:
             "ip6.arpa zone on dns.server; where the ISP keeps those, a renumbering stops "
             "the AAAA updates too (docs/dns.md). Consider ptr: false"
         )
-    if cfg.wan.prefix_from and cfg.wan.prefix == PLACEHOLDER:
+    if cfg.waiting_for_prefix:
         out.append(
             f"{cfg.path}: wan.prefix_from: {cfg.wan.prefix_from} has no global IPv6 prefix "
             f"now; the ::suffix addresses were checked inside {PLACEHOLDER} instead, and the "
-            "daemon waits for a prefix before it starts"
+            "daemon publishes them once a prefix is there"
         )
     return out
 
@@ -1145,7 +1150,7 @@ def summary(cfg: Config) -> str:
     ]
     if cfg.translator.prefix is not None:
         parts.append(f"prefix {cfg.translator.prefix}")
-    if cfg.wan.prefix_from and cfg.wan.prefix != PLACEHOLDER:
+    if cfg.wan.prefix_from and not cfg.waiting_for_prefix:
         parts.append(f"addresses in {cfg.wan.prefix} from {cfg.wan.prefix_from}")
     parts.append("firewall " + (cfg.firewall.backend if cfg.firewall.enabled else "off"))
     return f"{cfg.path}: OK: " + ", ".join(parts)

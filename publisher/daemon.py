@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from publisher import sdnotify
-from publisher.config import SAFE_LOADER, Config, ConfigError, PrefixMissing, load_config_compact
+from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
 from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, atomic_write, plan
-from publisher.prefix import PREFIX_STATE_FILE, read_prefix, remembered_text
+from publisher.prefix import PLACEHOLDER, PREFIX_STATE_FILE, read_prefix, remembered_text
 from publisher.snapshot import Snapshot
 from publisher.worker import (
     Plane,
@@ -56,7 +56,6 @@ from translator.tun import describe_offloads, open_tun
 log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
 PREFIX_CHECK_INTERVAL = 5.0  # how soon a new prefix on wan.prefix_from is followed
-PREFIX_START_WAIT = 60.0  # at start, wait this long for one (then exit; systemd restarts)
 
 
 class StartupError(RuntimeError):
@@ -163,8 +162,17 @@ class Daemon:
         # Fork the data-plane workers first, while this process is still small.
         for _ in range(peek_workers(self.config_path)):
             self.workers.append(WorkerHandle())
-        cfg = self._load_waiting_for_prefix()  # ConfigError propagates to the CLI
+        # Without a prefix yet, start anyway: the IPv4 side and the mappings written
+        # in full serve, and the ::suffix ones follow once _check_prefix sees one.
+        cfg = load_config_compact(self.config_path, placeholder=True)  # ConfigError: CLI
         setup_logging(self.log_level_override or cfg.daemon.log_level)
+        if cfg.waiting_for_prefix:
+            log.warning(
+                "%s has no global IPv6 prefix yet; the ::suffix mappings are published "
+                "once it has one",
+                cfg.wan.prefix_from,
+            )
+            self.prefix_gone = True  # said once
         try:
             self.plane, tables = validated_plane(cfg)
         except ValueError as exc:
@@ -214,28 +222,6 @@ class Daemon:
             cfg.translator.tun_device,
             cfg.translator.pool4,
         )
-
-    def _load_waiting_for_prefix(self) -> Config:
-        """The config; with ``wan.prefix_from`` wait up to PREFIX_START_WAIT for a prefix.
-
-        A router often starts its services before the ISP has delegated a
-        prefix.  Waiting here, and then failing so that systemd or procd start
-        us again, beats refusing at once.
-        """
-        deadline = time.monotonic() + PREFIX_START_WAIT
-        while True:
-            try:
-                cfg = load_config_compact(self.config_path)
-                self.prefix_gone = False  # the run loop logs a later loss afresh
-                return cfg
-            except PrefixMissing as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                if not self.prefix_gone:
-                    self.prefix_gone = True
-                    print(f"{exc.problems[0]}; waiting for one", file=sys.stderr, flush=True)
-                    sdnotify.notify(f"STATUS=waiting: {exc.problems[0].reason}")
-                time.sleep(1.0)
 
     def _open_queues(self, name: str, count: int, offloads: bool) -> None:
         """One plain TUN fd for one worker, or ``count`` queues of a multi-queue TUN.
@@ -321,7 +307,11 @@ class Daemon:
     def _maybe_update_dns(self, cfg: Config) -> None:
         from publisher.dns_update import cancel_background_update, start_background_update
 
-        if cfg.dns.update_on_change and cfg.dns.server:
+        if cfg.waiting_for_prefix:
+            cancel_background_update()  # never publish the placeholder's addresses
+            if cfg.dns.update_on_change and cfg.dns.server:
+                log.info("dns: the update waits for a prefix on %s", cfg.wan.prefix_from)
+        elif cfg.dns.update_on_change and cfg.dns.server:
             start_background_update(cfg, logging.getLogger("revnat64.dns"))
         else:
             cancel_background_update()  # a reload turned updates off: no retries of the old
@@ -340,7 +330,8 @@ class Daemon:
         snap.firewall_reapplied = self.firewall_reapplied
         snap.prefix_changes = self.prefix_changes
         if self.cfg.wan.prefix_from:
-            snap.published_prefix = f"{self.cfg.wan.prefix} from {self.cfg.wan.prefix_from}"
+            snap.prefix_interface = self.cfg.wan.prefix_from
+            snap.published_prefix = "" if self.cfg.waiting_for_prefix else str(self.cfg.wan.prefix)
         firewall = self.firewall
         if firewall is not None:
             try:
@@ -361,7 +352,9 @@ class Daemon:
 
     def status_line(self) -> str:
         line = f"STATUS={len(self.cfg.mappings)} mappings on {self.cfg.translator.tun_device}"
-        if self.cfg.wan.prefix_from:
+        if self.cfg.waiting_for_prefix:
+            line += f", waiting for a prefix on {self.cfg.wan.prefix_from}"
+        elif self.cfg.wan.prefix_from:
             line += f", prefix {self.cfg.wan.prefix} from {self.cfg.wan.prefix_from}"
         return line
 
@@ -438,7 +431,9 @@ class Daemon:
         OpenWrt's hotplug script reloads us on a prefix change as well; this
         check is what systemd and Merlin installs rely on.  While the interface
         has no prefix at all (the uplink is down) the old addresses stay: a
-        reconnect usually brings the same prefix back.
+        reconnect usually brings the same prefix back.  A first prefix (the
+        daemon started without one) is published the same way, but is not
+        counted as a change.
         """
         ifname = self.cfg.wan.prefix_from
         if not ifname:
@@ -451,6 +446,7 @@ class Daemon:
         else:
             where = " inside wan.prefix_within" if self.cfg.wan.prefix_within else ""
             why = f"{ifname} has no global IPv6 prefix{where}"
+        waiting = self.cfg.waiting_for_prefix
         if current is None:
             if not self.prefix_gone:
                 log.warning("%s; keeping %s until one comes", why, self.cfg.wan.prefix)
@@ -459,17 +455,25 @@ class Daemon:
         self.prefix_gone = False
         if current == self.cfg.wan.prefix or current == self.prefix_tried:
             return
-        log.warning(
-            "the prefix on %s changed: %s -> %s; reloading", ifname, self.cfg.wan.prefix, current
-        )
+        if waiting:
+            log.warning(
+                "%s has a prefix now, %s; publishing the ::suffix mappings", ifname, current
+            )
+        else:
+            log.warning(
+                "the prefix on %s changed: %s -> %s; reloading",
+                ifname,
+                self.cfg.wan.prefix,
+                current,
+            )
         if self.reload():
-            self.prefix_changes += 1
+            self.prefix_changes += 0 if waiting else 1
             self.prefix_tried = None
             dns = self.cfg.dns
             if dns.zone and not (dns.update_on_change and dns.server):
                 log.warning(
-                    "dns.update_on_change is off: the AAAA records in %s still name the old "
-                    "prefix; publish the new ones (revnat64 dns -c %s)",
+                    "dns.update_on_change is off: publish the AAAA records in %s for the "
+                    "new prefix yourself (revnat64 dns -c %s)",
                     dns.zone,
                     self.config_path,
                 )
@@ -482,7 +486,7 @@ class Daemon:
         With two live prefixes on the interface (two uplinks, or a renumbering
         that announces both), a command on its own could pick the other one.
         """
-        if not cfg.wan.prefix_from or cfg.wan.prefix is None:
+        if not cfg.wan.prefix_from or cfg.wan.prefix is None or cfg.waiting_for_prefix:
             return
         path = Path(cfg.daemon.state_dir) / PREFIX_STATE_FILE
         try:
@@ -494,9 +498,15 @@ class Daemon:
         """The daemon's netlink socket, once it has one (None: open one per call)."""
         return self.netlink.ipr if self.netlink is not None else None
 
-    def _keep_prefix(self, ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network | None:
-        """wan.prefix_from's prefix for a reload: the one in use while it is still usable."""
-        return read_prefix(ifname, self._ipr(), self.cfg.wan.prefix, within)
+    def _keep_prefix(self, ifname: str, within: tuple[IPv6Network, ...]) -> IPv6Network:
+        """wan.prefix_from's prefix for a reload: the one in use while it is still usable.
+
+        With none on the interface the last one stays (the uplink is down), or the
+        placeholder when there never was one, so a reload that only changes something
+        else is not refused for want of a prefix.
+        """
+        found = read_prefix(ifname, self._ipr(), self.cfg.wan.prefix, within)
+        return found or self.cfg.wan.prefix or PLACEHOLDER
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self.reload_requested = True

@@ -261,15 +261,16 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "Unix time the daemon started.",
         value=snap.started_timestamp,
     )
-    if snap.published_prefix:  # only with wan.prefix_from
-        prefix, _, interface = snap.published_prefix.partition(" from ")
+    if snap.prefix_interface:  # only with wan.prefix_from
         published = GaugeMetricFamily(
             "revnat64_published_prefix_info",
             "Always 1; the labels say which prefix the ::suffix addresses are in now "
-            "(wan.prefix_from). No series without wan.prefix_from.",
+            "(wan.prefix_from). No series without wan.prefix_from, or while the daemon "
+            "waits for a first prefix.",
             labels=("prefix", "interface"),
         )
-        published.add_metric((prefix, interface), 1)
+        if snap.published_prefix:
+            published.add_metric((snap.published_prefix, snap.prefix_interface), 1)
         yield published
         changes = CounterMetricFamily(
             "revnat64_prefix_changes",

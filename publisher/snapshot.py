@@ -110,8 +110,10 @@ class Snapshot:
     started_timestamp: float = 0.0
     firewall_state: str = "disabled"  # "applied" | "disabled" | "error: ..."
     firewall_reapplied: int = 0  # times the daemon found its rules gone and put them back
-    # wan.prefix_from: "<prefix> from <interface>" ("" without), and the reloads that
-    # followed a new prefix there
+    # wan.prefix_from: the interface ("" without), the prefix the ::suffix addresses
+    # are in ("" while the daemon waits for one), and the reloads that followed a
+    # new prefix there
+    prefix_interface: str = ""
     published_prefix: str = ""
     prefix_changes: int = 0
     dns_state: str = "disabled"  # "disabled" | "ok <when>" | "error: ..."
@@ -152,6 +154,7 @@ class Snapshot:
             "started_timestamp": self.started_timestamp,
             "firewall_state": self.firewall_state,
             "firewall_reapplied": self.firewall_reapplied,
+            "prefix_interface": self.prefix_interface,
             "published_prefix": self.published_prefix,
             "prefix_changes": self.prefix_changes,
             "dns_state": self.dns_state,
@@ -208,6 +211,7 @@ class Snapshot:
                 # Optional: a daemon one version older does not send them.
                 prefix=str(doc.get("prefix", "")),
                 firewall_reapplied=int(doc.get("firewall_reapplied", 0)),
+                prefix_interface=str(doc.get("prefix_interface", "")),
                 published_prefix=str(doc.get("published_prefix", "")),
                 prefix_changes=int(doc.get("prefix_changes", 0)),
                 dns_update_state=str(doc.get("dns_update_state", "disabled")),
@@ -271,6 +275,7 @@ class Snapshot:
             started_timestamp=head.started_timestamp,
             firewall_state=head.firewall_state,
             firewall_reapplied=head.firewall_reapplied,
+            prefix_interface=head.prefix_interface,
             published_prefix=head.published_prefix,
             prefix_changes=head.prefix_changes,
             dns_state=head.dns_state,

@@ -148,10 +148,11 @@ def render_status(snap: Snapshot, now: float) -> str:
     if snap.firewall_reapplied:
         firewall += f" (found gone and put back {snap.firewall_reapplied}x; see the log)"
     lines.append(f"firewall:      {firewall}")
-    if snap.published_prefix:
+    if snap.prefix_interface:
         n = snap.prefix_changes
         changes = f" (followed {n} change{'s' if n != 1 else ''})" if n else ""
-        lines.append(f"prefix:        {snap.published_prefix}{changes}")
+        prefix = snap.published_prefix or "none yet: the ::suffix mappings wait for one"
+        lines.append(f"prefix:        {prefix} from {snap.prefix_interface}{changes}")
     lines.append(f"dns:           {snap.dns_state}")
     uptime = format_duration(now - snap.started_timestamp) if snap.started_timestamp else "?"
     lines.append(f"uptime:        {uptime}, {snap.workers} worker(s)")

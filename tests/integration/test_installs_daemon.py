@@ -214,7 +214,7 @@ def test_concurrent_applies_add_each_jump_once(
 def test_merlin_wan_event_starts_a_daemon_that_is_not_running(
     merlin: tuple[DaemonLab, dict[str, str]],
 ) -> None:
-    """After the 60 s prefix wait at boot the daemon is gone; a WAN connect brings it back."""
+    """A daemon that is not running (it crashed, say) is started when a WAN connects."""
     d, env = merlin
     pidfile = Path(env["REVNAT64_PIDFILE"])
     for event in ("init", "connecting", "disconnected", "stopped"):

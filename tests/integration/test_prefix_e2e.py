@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +103,8 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         assert f"{OLD}50 " in tun_routes(d)
         assert f"{OLD}50 dev pd0" in d.router.run("ip -6 neigh show proxy").stdout
         st = status_json(d)
-        assert (st["published_prefix"], st["prefix_changes"]) == (f"{OLD}/64 from pd0", 0)
+        assert (st["published_prefix"], st["prefix_changes"]) == (f"{OLD}/64", 0)
+        assert st["prefix_interface"] == "pd0"
 
         # A second live prefix with a longer lifetime is not a reason to renumber.
         d.router.run(f"ip -6 addr change {OLD}1/64 dev pd0 preferred_lft 600 valid_lft 900")
@@ -132,7 +132,7 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         assert f"{NEW}50" in rules and f"{OLD}50" not in rules
         assert not pings(d, OLD + "50")
         st = status_json(d)
-        assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64 from pd0", 1)
+        assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64", 1)
         assert (tmp_path / "state" / "prefix").read_text() == f"{NEW}/64 pd0\n"
         assert f"the prefix on pd0 changed: {OLD}/64 -> {NEW}/64; reloading" in d.logs()
 
@@ -149,19 +149,26 @@ def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
         d.close()
 
 
-def test_daemon_waits_at_start_until_a_prefix_arrives(lab: Lab, tmp_path: Path) -> None:
+def test_daemon_starts_without_a_prefix_and_publishes_when_one_arrives(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A router starts its services before the ISP has delegated a prefix."""
     d = DaemonLab(lab, tmp_path)
     try:
-        add_pd0(d)  # no prefix yet: the ISP has not delegated one
+        add_pd0(d)  # no prefix yet
         d.write_config(relative_config(d, tmp_path))
-        timer = threading.Timer(2.0, d.router.run, (f"ip -6 addr add {NEW}1/64 dev pd0 nodad",))
-        timer.start()
-        try:
-            d.start(timeout=30)
-        finally:
-            timer.join()
-        assert "wan.prefix_from: pd0 has no global IPv6 prefix now" in d.logs()
-        assert "waiting for one" in d.logs()
+        d.start()  # READY at once: the IPv4 side and full addresses serve meanwhile
+        st = status_json(d)
+        assert (st["prefix_interface"], st["published_prefix"]) == ("pd0", "")
+        assert "none yet" in cli(d, "status", "-c", str(d.config_path))
+        assert "pd0 has no global IPv6 prefix yet" in d.logs()
+        assert not (tmp_path / "state" / "prefix").exists()  # the placeholder is not remembered
+        d.router.run(f"ip -6 addr add {NEW}1/64 dev pd0 nodad")
+        seen = d.expect_notify("READY=1", timeout=15)
+        assert "RELOADING=1" in seen, seen
         assert pings(d, NEW + "50")
+        st = status_json(d)
+        assert (st["published_prefix"], st["prefix_changes"]) == (f"{NEW}/64", 0)  # not a change
+        assert f"pd0 has a prefix now, {NEW}/64" in d.logs()
     finally:
         d.close()

@@ -227,7 +227,7 @@ def test_loading_without_a_prefix_fails_unless_a_placeholder_will_do(tmp_path: P
     assert cfg.wan.prefix == PLACEHOLDER
     assert cfg.mappings[0].ipv6.subnet_of(PLACEHOLDER)
     warning = [w for w in config_warnings(cfg) if "prefix_from" in w]
-    assert warning and "daemon waits for a prefix" in warning[0]
+    assert warning and "daemon publishes them once a prefix is there" in warning[0]
     assert "addresses in" not in summary(cfg)
 
 
@@ -292,22 +292,6 @@ def test_ptr_updates_with_a_dynamic_prefix_are_warned_about() -> None:
     assert warned and "every new prefix needs its own ip6.arpa zone" in warned[0]
 
 
-def test_the_daemon_waits_for_a_prefix_then_gives_up_naming_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """At start: wait (said once), then PrefixMissing, which `revnat64 run` turns into exit 1."""
-    from publisher import daemon as daemon_module
-
-    monkeypatch.setattr(daemon_module, "PREFIX_START_WAIT", 1.5)
-    doc = copy.deepcopy(RELATIVE)
-    doc["wan"]["prefix_from"] = "rn64nosuch0"  # no such interface on this host
-    daemon = daemon_module.Daemon(str(write(tmp_path, doc)))
-    with pytest.raises(PrefixMissing, match="wan.prefix_from: no interface rn64nosuch0; "):
-        daemon._load_waiting_for_prefix()
-    err = capsys.readouterr().err
-    assert err.count("waiting for one") == 1 and "no interface rn64nosuch0" in err
-
-
 def test_prefix_within_ignores_prefixes_outside_the_isps_block() -> None:
     """A forged RA offering a prefix of its own is not followed (wan.prefix_within)."""
     isp = (IPv6Network("2001:db8:b0::/44"),)
@@ -344,3 +328,26 @@ def test_prefix_within_is_passed_to_the_lookup_and_checked(tmp_path: Path) -> No
     assert "test.yaml: wan.prefix_within: only means something with wan.prefix_from" in problems(
         doc, None
     )
+
+
+def test_no_dns_update_is_sent_while_waiting_for_a_first_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The placeholder's addresses must never reach the zone."""
+    import publisher.dns_update as dns_update
+    from publisher.daemon import Daemon
+
+    started: list[object] = []
+    cancelled: list[bool] = []
+    monkeypatch.setattr(dns_update, "start_background_update", lambda *a: started.append(a))
+    monkeypatch.setattr(dns_update, "cancel_background_update", lambda: cancelled.append(True))
+    doc = copy.deepcopy(RELATIVE)
+    doc["dns"] = {"zone": "cam.example.org.", "server": "192.0.2.53:53", "update_on_change": True}
+    waiting = parse_config(doc, "t", PLACEHOLDER)
+    assert waiting.waiting_for_prefix
+    Daemon._maybe_update_dns(object(), waiting)  # type: ignore[arg-type]
+    assert started == [] and cancelled == [True]
+    ready = parse_config(doc, "t", NEW)
+    assert not ready.waiting_for_prefix
+    Daemon._maybe_update_dns(object(), ready)  # type: ignore[arg-type]
+    assert len(started) == 1
