@@ -1071,18 +1071,22 @@ def parse_config_text(
     return parse_config(data, file, prefix)
 
 
+def _raw(data: Any, section: str, key: str) -> Any:
+    """``section.key`` straight from the YAML tree, before validation; None if absent."""
+    node = data.get(section) if isinstance(data, dict) else None
+    return node.get(key) if isinstance(node, dict) else None
+
+
 def raw_state_dir(data: Any) -> str:
     """``daemon.state_dir`` straight from the YAML tree, or its default."""
-    daemon = data.get("daemon") if isinstance(data, dict) else None
-    value = daemon.get("state_dir") if isinstance(daemon, dict) else None
+    value = _raw(data, "daemon", "state_dir")
     return value if isinstance(value, str) and value else DEFAULT_STATE_DIR
 
 
 def raw_prefix_within(data: Any) -> tuple[IPv6Network, ...] | None:
     """``wan.prefix_within`` straight from the YAML tree; None if an entry does not
     parse (parse_config then reports it, naming the entry)."""
-    wan = data.get("wan") if isinstance(data, dict) else None
-    values = wan.get("prefix_within") if isinstance(wan, dict) else None
+    values = _raw(data, "wan", "prefix_within")
     if values is None:
         return ()
     if not isinstance(values, list):
@@ -1095,8 +1099,7 @@ def raw_prefix_within(data: Any) -> tuple[IPv6Network, ...] | None:
 
 def raw_prefix_from(data: Any) -> str | None:
     """``wan.prefix_from`` straight from the YAML tree (parse_config validates it)."""
-    wan = data.get("wan") if isinstance(data, dict) else None
-    value = wan.get("prefix_from") if isinstance(wan, dict) else None
+    value = _raw(data, "wan", "prefix_from")
     return value if isinstance(value, str) and value else None
 
 
