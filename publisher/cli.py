@@ -25,6 +25,7 @@ HANDLERS = {
     "dns": "publisher.dns:cmd_dns",
     "firewall": "publisher.firewall:cmd_firewall",
     "status": "publisher.status:cmd_status",
+    "diagnose": "publisher.diagnose:cmd_diagnose",
     "install-systemd": "publisher.install:cmd_install_systemd",
 }
 
@@ -109,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "Show mappings, traffic, leases and health from the running daemon.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add(
+        "diagnose",
+        "Follow one packet from an IPv6 client to a published device through this router "
+        "(routes, proxy NDP, firewall, translation, ARP, the way back, counters) and say "
+        "where it would stop. Sends nothing.",
+    )
+    p.add_argument("target", help="a published IPv6 address, a mapping name or its DNS name")
+    p.add_argument(
+        "service",
+        nargs="?",
+        default="icmp",
+        help="tcp/PORT, udp/PORT or icmp (default icmp: a ping)",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="CLIENT",
+        help="the client's IPv6 address (it matters for sources, leases and the return route)",
+    )
 
     p = add(
         "install-systemd",

@@ -190,6 +190,19 @@ def write_sysctl(path: str, value: str) -> None:
     Path(path).write_text(value + "\n")
 
 
+def onlink_prefixes(ipr: Any) -> list[tuple[IPv6Network, str]]:
+    """IPv6 prefixes assigned on-link to interfaces (from their global addresses)."""
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    out: list[tuple[IPv6Network, str]] = []
+    for addr in ipr.get_addr(family=10):
+        if addr["scope"] != 0 or addr["prefixlen"] >= 128:
+            continue
+        net = ip_network(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}", strict=False)
+        assert isinstance(net, IPv6Network)
+        out.append((net, names.get(addr["index"], "")))
+    return out
+
+
 class NetlinkError(RuntimeError):
     """A netlink change failed; the message says what and on which object."""
 
@@ -213,16 +226,7 @@ class NetlinkManager:
         return found[0] if found else None
 
     def onlink_prefixes(self) -> list[tuple[IPv6Network, str]]:
-        """IPv6 prefixes assigned on-link to interfaces (from their global addresses)."""
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()}
-        out: list[tuple[IPv6Network, str]] = []
-        for addr in self.ipr.get_addr(family=10):
-            if addr["scope"] != 0 or addr["prefixlen"] >= 128:
-                continue
-            net = ip_network(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}", strict=False)
-            assert isinstance(net, IPv6Network)
-            out.append((net, names.get(addr["index"], "")))
-        return out
+        return onlink_prefixes(self.ipr)
 
     # -- crash recovery ------------------------------------------------------
 

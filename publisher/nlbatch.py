@@ -38,7 +38,9 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error answers leave out the request's payload
 NETLINK_EXT_ACK = 11  # error answers carry the kernel's message text
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
 NLM_F_ACK = 0x4
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
@@ -52,6 +54,7 @@ RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
+RTM_GETNEIGH = 30
 RTA_DST = 1
 RTA_OIF = 4
 NDA_DST = 1
@@ -193,6 +196,59 @@ def _ext_ack_message(data: bytes, offset: int, length: int, flags: int) -> str:
             )
         start += (attr_len + 3) & ~3
     return ""
+
+
+def parse_neighbours(data: bytes) -> tuple[list[tuple[str, int]], bool]:
+    """The (address, ifindex) of the RTM_NEWNEIGH messages in one dump datagram.
+
+    The flag is True once the datagram holds the dump's NLMSG_DONE.  An
+    NLMSG_ERROR (a dump the kernel refused) raises ``OSError`` with its errno.
+    """
+    found: list[tuple[str, int]] = []
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, msg_type, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            break
+        if msg_type == NLMSG_DONE:
+            return found, True
+        if msg_type == NLMSG_ERROR and length >= NLMSGHDR.size + NLMSGERR.size:
+            (code,) = NLMSGERR.unpack_from(data, offset + NLMSGHDR.size)
+            if code:
+                raise OSError(-code, os.strerror(-code))
+        elif msg_type == RTM_NEWNEIGH and length >= NLMSGHDR.size + NDMSG.size:
+            family, ifindex, _state, _flags, _type = NDMSG.unpack_from(data, offset + NLMSGHDR.size)
+            start, end = offset + NLMSGHDR.size + NDMSG.size, offset + length
+            while start + RTATTR.size <= end:
+                attr_len, kind = RTATTR.unpack_from(data, start)
+                if attr_len < RTATTR.size:
+                    break
+                if kind == NDA_DST:
+                    packed = data[start + RTATTR.size : start + attr_len]
+                    found.append((socket.inet_ntop(family, packed), ifindex))
+                start += (attr_len + 3) & ~3
+        offset += (length + 3) & ~3
+    return found, False
+
+
+def dump_proxies(family: int = AF_INET6) -> list[tuple[str, int]]:
+    """Every proxy neighbour entry (``ip -6 neigh show proxy``) as (address, ifindex).
+
+    pyroute2 0.9 leaves out the request flag that selects the proxy table, so
+    this asks the kernel directly: one RTM_GETNEIGH dump with NTF_PROXY set.
+    """
+    request = Request(
+        RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, NDMSG.pack(family, 0, 0, NTF_PROXY, 0)
+    )
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.settimeout(ANSWER_TIMEOUT)
+        sock.send(build_message(request, 1))
+        found: list[tuple[str, int]] = []
+        done = False
+        while not done:
+            entries, done = parse_neighbours(sock.recv(65536))
+            found.extend(entries)
+    return found
 
 
 class RtnlBatch:

@@ -1,0 +1,711 @@
+"""``revnat64 diagnose``: follow one packet from an IPv6 client to a published device.
+
+The forum thread this project grew from ends with a user whose pings to a
+webcam vanished without a trace: "the logs don't show that a packet was either
+dropped or accepted".  This command walks the path such a packet takes through
+the router, one stage at a time, and says where it would stop: the mapping,
+the daemon, forwarding, the IPv6 route into the TUN, proxy NDP, the firewall,
+the translation, the IPv4 route and ARP entry of the device, the way back, and
+what the daemon's counters say happened to real traffic.
+
+It sends nothing.  Routes are asked of the kernel as if the packet came in
+from the WAN (RTM_GETROUTE with an input interface), the firewall policy is
+read off the config and the table looked for in the kernel, and translation
+runs a synthetic packet, and the device's answer to it, through the same
+sans-IO translator the worker runs, with the config's tables.
+
+:func:`simulate` and :func:`findings` are pure (unit-tested with made-up
+facts); :func:`gather` is the I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Any
+
+from publisher.config import AllowRule, Config, Mapping
+from publisher.snapshot import Snapshot
+from translator import Action, DropReason, Translator
+from translator.checksum import checksum, ones_sum
+
+__all__ = [
+    "DEFAULT_CLIENT",
+    "Facts",
+    "Finding",
+    "Probe",
+    "RouteLookup",
+    "Simulation",
+    "cmd_diagnose",
+    "findings",
+    "gather",
+    "parse_probe",
+    "render",
+    "simulate",
+]
+
+# Used when --from is not given: a documentation address, never sent to.
+DEFAULT_CLIENT = IPv6Address("2001:db8:ffff::1")
+PROBE_PORT = 40000  # the synthetic client's source port
+PROBE_PAYLOAD = b"revnat64 diagnose"
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
+
+# linux/neighbour.h NUD_* states
+NUD_STATES = {
+    0x01: "INCOMPLETE",
+    0x02: "REACHABLE",
+    0x04: "STALE",
+    0x08: "DELAY",
+    0x10: "PROBE",
+    0x20: "FAILED",
+    0x40: "NOARP",
+    0x80: "PERMANENT",
+}
+# linux/rtnetlink.h RTN_* route types
+ROUTE_TYPES = {
+    1: "unicast",
+    2: "local",
+    3: "broadcast",
+    4: "anycast",
+    5: "multicast",
+    6: "blackhole",
+    7: "unreachable",
+    8: "prohibit",
+    9: "throw",
+}
+
+# Why the translator drops, in words a router owner can act on.
+DROP_HINTS = {
+    DropReason.NO_MAPPING: "no mapping or RFC 6052 prefix covers the destination",
+    DropReason.SPOOFED_SOURCE: "the client's address is one the translator never accepts as a "
+    "source (a mapped, pool4-side or non-global address)",
+    DropReason.POOL_EXHAUSTED: "pool4 has no free address for a new client",
+    DropReason.LEASE_LIMIT: "this client's /64 already holds translator.lease_limit_per_prefix "
+    "leases",
+    DropReason.HAIRPIN: "the client is itself a mapped address (hairpinning is not translated)",
+}
+
+
+class ProbeError(ValueError):
+    """The command line names no published address, or an unknown service."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The packet to follow: who sends what to which published address."""
+
+    client: IPv6Address
+    target: IPv6Address
+    service: AllowRule  # tcp/PORT, udp/PORT or icmp (an echo request)
+    mapping: Mapping | None  # None: the target is not mapped (say why in findings)
+    client_given: bool = True
+
+    @property
+    def device(self) -> IPv4Address | None:
+        """The LAN address the mapping gives the target."""
+        m = self.mapping
+        if m is None:
+            return None
+        return IPv4Address(m.ipv4_int + (int(self.target) - m.ipv6_int))
+
+    def describe(self) -> str:
+        what = "ping" if self.service.proto == "icmp" else str(self.service)
+        return f"{what} from {self.client} to {self.target}"
+
+
+def _mapping_for(cfg: Config, target: IPv6Address) -> Mapping | None:
+    n = int(target)
+    for m in cfg.mappings:
+        first, last = m.ipv6_span
+        if first <= n <= last:
+            return m
+    return None
+
+
+def parse_probe(cfg: Config, target: str, service: str, client: str | None) -> Probe:
+    """Read the command line against ``cfg``: target is an IPv6 address, a mapping or hostname."""
+    try:
+        address = IPv6Address(target)
+    except ValueError:
+        named = [m for m in cfg.mappings if target in (m.name, m.hostname, cfg.fqdn(m).rstrip("."))]
+        if not named:
+            known = ", ".join(m.name for m in cfg.mappings[:10]) or "none"
+            raise ProbeError(
+                f"{target!r} is neither an IPv6 address nor a mapping name (mappings: {known})"
+            ) from None
+        address = named[0].ipv6.network_address
+    text = service.strip().lower()
+    if text in ("icmp", "ping"):
+        rule = AllowRule("icmp")
+    else:
+        proto, _, port = text.partition("/")
+        if proto not in ("tcp", "udp") or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ProbeError(f"service {service!r}: write tcp/PORT, udp/PORT or icmp")
+        rule = AllowRule(proto, int(port), int(port))
+    try:
+        source = IPv6Address(client) if client else DEFAULT_CLIENT
+    except ValueError as exc:
+        raise ProbeError(f"--from {client!r}: {exc}") from None
+    return Probe(source, address, rule, _mapping_for(cfg, address), client_given=bool(client))
+
+
+# -- the synthetic packets ---------------------------------------------------------------
+
+_IP6 = struct.Struct("!IHBB16s16s")
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_PORTS = struct.Struct("!HH")
+
+
+def _l4(proto: str, sport: int, dport: int, echo_type: int, reply: bool) -> tuple[int, bytes, int]:
+    """(protocol number, header + payload with a zero checksum, checksum offset)."""
+    if proto == "tcp":
+        flags = 0x12 if reply else 0x02  # SYN-ACK / SYN
+        header = struct.pack(
+            "!HHIIBBHHH", sport, dport, 1, 1 if reply else 0, 5 << 4, flags, 65535, 0, 0
+        )
+        return 6, header, 16
+    if proto == "udp":
+        body = struct.pack("!HHHH", sport, dport, 8 + len(PROBE_PAYLOAD), 0) + PROBE_PAYLOAD
+        return 17, body, 6
+    return 0, struct.pack("!BBHHH", echo_type, 0, 0, 0x5244, 1) + PROBE_PAYLOAD, 2
+
+
+def _with_checksum(body: bytes, at: int, pseudo_sum: int, udp: bool) -> bytes:
+    value = checksum(body, pseudo_sum)
+    if udp and value == 0:
+        value = 0xFFFF
+    return body[:at] + struct.pack("!H", value) + body[at + 2 :]
+
+
+def packet6(src: IPv6Address, dst: IPv6Address, service: AllowRule) -> bytes:
+    """The client's first packet: a TCP SYN, a UDP datagram or an ICMPv6 echo request."""
+    proto, body, at = _l4(service.proto, PROBE_PORT, service.port_min, 128, reply=False)
+    nh = proto or 58
+    pseudo = ones_sum(src.packed + dst.packed + struct.pack("!IxxxB", len(body), nh))
+    body = _with_checksum(body, at, pseudo, nh == 17)
+    return _IP6.pack(6 << 28, len(body), nh, 64, src.packed, dst.packed) + body
+
+
+def packet4_reply(request4: bytes) -> bytes:
+    """The device's answer to a translated request: SYN-ACK, UDP echo or ICMP echo reply."""
+    ihl = (request4[0] & 0x0F) * 4
+    proto = request4[9]
+    src, dst = request4[16:20], request4[12:16]
+    if proto == 1:
+        name, sport, dport = "icmp", 0, 0
+    else:
+        dport, sport = _PORTS.unpack_from(request4, ihl)
+        name = "tcp" if proto == 6 else "udp"
+    nr, body, at = _l4(name, sport, dport, 0, reply=True)
+    number = nr or 1
+    pseudo = 0 if number == 1 else ones_sum(src + dst + struct.pack("!xBH", number, len(body)))
+    body = _with_checksum(body, at, pseudo, number == 17)
+    header = _IP4.pack(0x45, 0, 20 + len(body), 0x1234, 0x4000, 64, number, 0, src, dst)
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return header + body
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What the translator makes of the probe and of the device's answer to it."""
+
+    forward: str  # "" when forwarded, else why not
+    source4: str = ""  # the IPv4 source the device sees
+    destination4: str = ""
+    ttl: int = 0
+    reply: str = ""  # "" when the answer reaches the client, else why not
+    reply_source6: str = ""
+    reply_destination6: str = ""
+
+
+def _why(verdict: Any) -> str:
+    reason = DropReason(verdict[2])
+    text = DROP_HINTS.get(reason, reason.label)
+    if verdict[0] is Action.ICMP_ERROR:
+        return f"{text} (answered with an ICMP error: {reason.label})"
+    return f"{text} (dropped: {reason.label})"
+
+
+def simulate(translator: Translator, probe: Probe, now: float = 0.0) -> Simulation:
+    """Run the probe, then the device's answer, through ``translator`` (its pool takes a lease)."""
+    verdict = translator.translate(packet6(probe.client, probe.target, probe.service), now)
+    if verdict[0] is not Action.FORWARD or not verdict[1]:
+        return Simulation(_why(verdict))
+    out = verdict[1][0]
+    source4, destination4 = str(IPv4Address(out[12:16])), str(IPv4Address(out[16:20]))
+    answer = translator.translate(packet4_reply(out), now)
+    if answer[0] is not Action.FORWARD or not answer[1]:
+        return Simulation("", source4, destination4, out[8], _why(answer))
+    back = answer[1][0]
+    return Simulation(
+        "",
+        source4,
+        destination4,
+        out[8],
+        "",
+        str(IPv6Address(back[8:24])),
+        str(IPv6Address(back[24:40])),
+    )
+
+
+# -- what the system says ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteLookup:
+    """The kernel's answer to ``ip route get``: the output interface or the refusal."""
+
+    interface: str | None = None
+    kind: str = "unicast"
+    error: str = ""
+
+    def describe(self) -> str:
+        if self.error:
+            return f"the kernel has no route ({self.error})"
+        if self.kind != "unicast":
+            return f"the kernel's route is of type {self.kind}"
+        return f"routed out of {self.interface}"
+
+
+@dataclass
+class Facts:
+    """Everything :func:`findings` needs from the running system; plain data."""
+
+    sysctls: dict[str, str] = field(default_factory=dict)  # path -> value ("" unreadable)
+    links: dict[str, bool] = field(default_factory=dict)  # name -> administratively up
+    route6: RouteLookup = field(default_factory=RouteLookup)  # target, from the client, in wan
+    onlink: list[tuple[IPv6Network, str]] = field(default_factory=list)
+    proxies: set[tuple[str, str]] = field(default_factory=set)  # (address, interface)
+    route4: RouteLookup = field(default_factory=RouteLookup)  # to the device
+    neighbour: str | None = None  # the device's ARP state on route4's interface
+    route4_back: RouteLookup = field(default_factory=RouteLookup)  # device -> client's IPv4
+    firewall_applied: bool | None = None  # None: not looked at (disabled) or unknown
+    firewall_error: str = ""
+    status: Snapshot | None = None
+    status_error: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # OK, INFO, WARN, FAIL
+    step: str
+    text: str
+
+
+def _allowed(m: Mapping, service: AllowRule) -> bool:
+    for rule in m.allow:
+        if rule.proto != service.proto:
+            continue
+        if rule.proto == "icmp" or rule.port_min <= service.port_min <= rule.port_max:
+            return True
+    return False
+
+
+def findings(cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) -> list[Finding]:
+    """Walk the path in the order the packet takes it; pure."""
+    from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, plan, proxy_ndp_sysctl
+
+    out: list[Finding] = []
+
+    def say(level: str, step: str, text: str) -> None:
+        out.append(Finding(level, step, text))
+
+    tr = cfg.translator
+    m = probe.mapping
+    # 1. the mapping
+    if cfg.waiting_for_prefix:
+        say(
+            FAIL,
+            "mapping",
+            f"no prefix on {cfg.wan.prefix_from} yet: the ::suffix mappings "
+            "are not published until one appears",
+        )
+    if m is None:
+        if tr.prefix is not None and probe.target in tr.prefix:
+            say(
+                INFO,
+                "mapping",
+                f"{probe.target} is inside the RFC 6052 prefix {tr.prefix}, not a mapping",
+            )
+        else:
+            inside = tr.publish_prefix is not None and probe.target in tr.publish_prefix
+            where = (
+                f" (inside publish_prefix {tr.publish_prefix}: the translator answers "
+                "'address unreachable')"
+                if inside
+                else ""
+            )
+            say(
+                FAIL,
+                "mapping",
+                f"{probe.target} is not a published address{where}; "
+                "`revnat64 check` lists the mappings",
+            )
+        return out
+    say(
+        OK,
+        "mapping",
+        f"{m.name}: {probe.target} -> {probe.device}"
+        + (f" (range {m.ipv6} -> {m.ipv4})" if m.is_range else ""),
+    )
+
+    # 2. the daemon
+    snap = facts.status
+    if snap is None:
+        say(
+            FAIL,
+            "daemon",
+            f"not reachable ({facts.status_error}); nothing translates "
+            "until `revnat64 run` (or the service) is up",
+        )
+    elif m.name not in {i.name for i in snap.mappings}:
+        say(
+            FAIL,
+            "daemon",
+            f"running, but it does not serve {m.name}: reload it "
+            "(systemctl reload revnat64, or SIGHUP) after editing the config",
+        )
+    else:
+        say(OK, "daemon", f"running with {len(snap.mappings)} mapping(s), {snap.workers} worker(s)")
+
+    # 3. forwarding and interfaces
+    off = [p for p in (IPV6_FORWARD, IPV4_FORWARD) if facts.sysctls.get(p) != "1"]
+    if off:
+        say(
+            FAIL,
+            "forwarding",
+            ", ".join(f"{_sysctl_name(p)} is {facts.sysctls.get(p) or 'unreadable'}" for p in off)
+            + "; the daemon sets 1 "
+            "while it runs",
+        )
+    else:
+        say(OK, "forwarding", "IPv6 and IPv4 forwarding on")
+    for role, name in (
+        ("wan", cfg.wan.interface),
+        ("tun", tr.tun_device),
+        ("lan", cfg.lan.interface),
+    ):
+        if name not in facts.links:
+            say(FAIL, "interfaces", f"{role} interface {name} does not exist")
+        elif not facts.links[name]:
+            say(FAIL, "interfaces", f"{role} interface {name} is down")
+
+    # 4. into the TUN
+    if facts.route6.interface == tr.tun_device and facts.route6.kind == "unicast":
+        say(OK, "route6", f"{probe.target} from {cfg.wan.interface} is routed into {tr.tun_device}")
+    else:
+        say(
+            FAIL,
+            "route6",
+            f"{probe.target} from {cfg.wan.interface}: "
+            f"{facts.route6.describe()}, not into {tr.tun_device}",
+        )
+
+    # 5. proxy NDP
+    wanted = sorted(
+        p.interface for p in plan(cfg, facts.onlink).proxies if p.address == str(probe.target)
+    )
+    if not wanted:
+        say(
+            INFO,
+            "proxy-ndp",
+            f"{probe.target} is not on-link on any interface here, so "
+            "no proxy NDP is needed; your ISP must route its prefix to this router",
+        )
+    for ifname in wanted:
+        entry = (str(probe.target), ifname) in facts.proxies
+        sysctl = facts.sysctls.get(proxy_ndp_sysctl(ifname)) == "1"
+        if entry and sysctl:
+            say(OK, "proxy-ndp", f"answered on {ifname} (neighbours there solicit it)")
+        else:
+            missing = [
+                w
+                for w, ok in (("the proxy entry", entry), (f"proxy_ndp=1 on {ifname}", sysctl))
+                if not ok
+            ]
+            say(
+                FAIL,
+                "proxy-ndp",
+                f"{probe.target} is on-link on {ifname}, but "
+                f"{' and '.join(missing)} is missing: neighbours there cannot find it",
+            )
+
+    # 6. the firewall
+    fw = cfg.firewall
+    if not fw.enabled:
+        say(WARN, "firewall", "firewall.enabled is false: nothing limits what reaches the device")
+    else:
+        if m.sources and not any(probe.client in net for net in m.sources):
+            hint = "" if probe.client_given else " (give --from with the real client)"
+            say(
+                FAIL,
+                "firewall",
+                f"{probe.client} is not in {m.name}'s sources "
+                f"({', '.join(map(str, m.sources))}){hint}",
+            )
+        elif not _allowed(m, probe.service):
+            allowed = ", ".join(map(str, m.allow)) or "nothing"
+            what = "icmp (ping)" if probe.service.proto == "icmp" else str(probe.service)
+            say(FAIL, "firewall", f"{what} is not in {m.name}'s allow list ({allowed})")
+        else:
+            limit = f", within rate_limit {m.rate_limit}" if m.rate_limit else ""
+            say(OK, "firewall", f"{m.name}'s allow list accepts it{limit}")
+        if facts.firewall_applied is False:
+            say(
+                FAIL,
+                "firewall",
+                f"the rules ({fw.backend}) are not in the kernel: "
+                "the running daemon puts them back within firewall.check_interval; "
+                "`revnat64 firewall --apply` does it now",
+            )
+        elif facts.firewall_error:
+            say(WARN, "firewall", f"could not read the rules: {facts.firewall_error}")
+        drops = snap.firewall_drops.get(m.name) if snap else None
+        if drops and drops[0]:
+            say(
+                INFO,
+                "firewall",
+                f"dropped {drops[0]} packet(s) to {m.name} so far "
+                "(not allowed, outside sources, or over the rate limit)",
+            )
+
+    # 7. the translation
+    seen4 = ""
+    if sim is not None:
+        if sim.forward:
+            say(FAIL, "translate", sim.forward)
+        else:
+            lease = _lease_of(snap, probe.client)
+            to = f"to {sim.destination4}, TTL {sim.ttl}"
+            if lease:
+                seen4 = lease
+                say(OK, "translate", f"{probe.client} -> {lease} (its pool4 lease), {to}")
+            elif IPv4Address(sim.source4) in tr.pool4:
+                seen4 = f"pool4 {tr.pool4}"
+                in_use = f" ({snap.pool_in_use} of {snap.pool_size} in use)" if snap else ""
+                say(OK, "translate", f"{probe.client} gets a pool4 lease{in_use}, {to}")
+                if snap is not None and snap.pool_size and snap.pool_in_use >= snap.pool_size:
+                    say(
+                        WARN,
+                        "translate",
+                        "pool4 is full: a new client waits for an "
+                        "unconfirmed lease to expire (translator.unconfirmed_lease_time)",
+                    )
+            else:
+                seen4 = sim.source4
+                say(OK, "translate", f"{probe.client} -> {sim.source4} (RFC 6052), {to}")
+
+    # 8. to the device
+    lan = cfg.lan.interface
+    if facts.route4.interface == tr.tun_device:
+        say(FAIL, "route4", f"{probe.device} is routed back into {tr.tun_device}: a loop")
+    elif facts.route4.interface is None or facts.route4.kind != "unicast":
+        say(FAIL, "route4", f"{probe.device}: {facts.route4.describe()}")
+    elif facts.route4.interface != lan:
+        say(
+            WARN,
+            "route4",
+            f"{probe.device} is routed out of {facts.route4.interface}, not lan.interface {lan}",
+        )
+    else:
+        say(OK, "route4", f"{probe.device} is on {lan}")
+    state = facts.neighbour
+    if facts.route4.interface and facts.route4.interface != tr.tun_device:
+        if state in ("REACHABLE", "PERMANENT", "NOARP"):
+            say(OK, "neighbour", f"{probe.device} answers ARP ({state})")
+        elif state in ("STALE", "DELAY", "PROBE"):
+            say(OK, "neighbour", f"{probe.device} answered ARP recently ({state})")
+        elif state in ("FAILED", "INCOMPLETE"):
+            say(
+                FAIL,
+                "neighbour",
+                f"{probe.device} does not answer ARP on "
+                f"{facts.route4.interface} ({state}): is it on, and on this network?",
+            )
+        else:
+            say(
+                INFO,
+                "neighbour",
+                f"no ARP entry for {probe.device} yet (nothing sent to it "
+                "lately); `ping` it from the router to find out",
+            )
+
+    # 9. the way back
+    if sim is not None and not sim.forward:
+        back = facts.route4_back
+        if back.interface == tr.tun_device and back.kind == "unicast":
+            say(
+                OK,
+                "return",
+                f"{seen4} from {facts.route4.interface or lan} is routed into {tr.tun_device}",
+            )
+        else:
+            say(
+                FAIL,
+                "return",
+                f"{seen4} from {facts.route4.interface or lan}: "
+                f"{back.describe()}, not into {tr.tun_device}",
+            )
+        if sim.reply:
+            say(FAIL, "return", f"the device's answer is not translated: {sim.reply}")
+        else:
+            say(
+                OK,
+                "return",
+                f"the device's answer goes back as {sim.reply_source6} -> {sim.reply_destination6}",
+            )
+        if not m.masquerade:
+            say(
+                INFO,
+                "return",
+                f"the device must send its answers (to {seen4}) to this "
+                "router: its default gateway, or `masquerade: true` on the mapping",
+            )
+
+    # 10. what real traffic did
+    if snap is not None:
+        sent = snap.packets.get((m.name, "6to4"), 0)
+        back_n = snap.packets.get((m.name, "4to6"), 0)
+        say(INFO, "counters", f"{m.name}: {sent} packet(s) translated to the device, {back_n} back")
+        if sent and not back_n:
+            say(
+                WARN,
+                "counters",
+                f"{m.name} has never answered through the translator: "
+                f"check that its default gateway is this router, or set masquerade: true",
+            )
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(snap.dropped.items()) if v)
+        if dropped:
+            say(INFO, "counters", f"translator drops (all mappings): {dropped}")
+    return out
+
+
+def _sysctl_name(path: str) -> str:
+    return path.removeprefix("/proc/sys/").replace("/", ".")
+
+
+def _lease_of(snap: Snapshot | None, client: IPv6Address) -> str:
+    if snap is None:
+        return ""
+    for v6, v4, _idle in snap.leases:
+        if IPv6Address(v6) == client:
+            return v4
+    return ""
+
+
+def render(probe: Probe, found: Sequence[Finding]) -> str:
+    """One line per finding, then where the packet stops (or that nothing stops it)."""
+    width = max((len(f.step) for f in found), default=0)
+    lines = [f"revnat64 diagnose: {probe.describe()}"]
+    if not probe.client_given:
+        lines[0] += " (an example client; --from names a real one)"
+    lines += [f"  {f.level:<4}  {f.step:<{width}}  {f.text}" for f in found]
+    failed = [f for f in found if f.level == FAIL]
+    if failed:
+        lines.append(f"stops at {failed[0].step}: {failed[0].text}")
+    else:
+        lines.append("nothing on this router stops it")
+    return "\n".join(lines) + "\n"
+
+
+# -- the I/O --------------------------------------------------------------------------------
+
+
+def _route(ipr: Any, names: dict[int, str], **query: Any) -> RouteLookup:
+    try:
+        answer = ipr.route("get", **query)[0]
+    except Exception as exc:  # noqa: BLE001 - pyroute2 raises NetlinkError and OSError
+        return RouteLookup(error=str(getattr(exc, "args", [None, exc])[-1]))
+    kind = ROUTE_TYPES.get(answer["type"], str(answer["type"]))
+    return RouteLookup(names.get(answer.get_attr("RTA_OIF"), None), kind)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
+    """Ask the kernel, the firewall and the daemon; each failure becomes a fact, not an error."""
+    from pyroute2 import IPRoute
+
+    from publisher import firewall
+    from publisher.control import ControlError, request
+    from publisher.firewall_common import FirewallError
+    from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, onlink_prefixes, proxy_ndp_sysctl
+    from publisher.nlbatch import dump_proxies
+
+    facts = Facts()
+    with IPRoute() as ipr:
+        links = ipr.get_links()
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+        index = {name: i for i, name in names.items()}
+        facts.links = {link.get_attr("IFLA_IFNAME"): bool(link["flags"] & 1) for link in links}
+        wan = index.get(cfg.wan.interface)
+        query6: dict[str, Any] = {"dst": str(probe.target), "src": str(probe.client)}
+        if wan is not None:
+            query6["iif"] = wan
+        facts.route6 = _route(ipr, names, **query6)
+        facts.onlink = onlink_prefixes(ipr)
+        if probe.device is not None:
+            facts.route4 = _route(ipr, names, dst=str(probe.device))
+            out_index = index.get(facts.route4.interface or "")
+            for n in ipr.get_neighbours(family=2):
+                if n.get_attr("NDA_DST") == str(probe.device) and n["ifindex"] == out_index:
+                    facts.neighbour = NUD_STATES.get(n["state"], str(n["state"]))
+            if sim is not None and sim.source4 and out_index is not None:
+                facts.route4_back = _route(
+                    ipr, names, dst=sim.source4, src=str(probe.device), iif=out_index
+                )
+    try:
+        facts.proxies = {(a, names.get(i, "?")) for a, i in dump_proxies()}
+    except OSError:
+        pass
+    paths = [IPV6_FORWARD, IPV4_FORWARD] + [
+        proxy_ndp_sysctl(name) for name in facts.links if name != "lo"
+    ]
+    facts.sysctls = {p: _read(p) for p in paths}
+    if cfg.firewall.enabled:
+        try:
+            facts.firewall_applied = firewall.is_applied(cfg)
+        except (FirewallError, OSError) as exc:
+            facts.firewall_error = str(exc)
+    try:
+        facts.status = Snapshot.from_json(request(cfg.daemon.control_socket, "status"))
+    except (ControlError, ValueError) as exc:
+        facts.status_error = str(exc)
+    return facts
+
+
+def build_translator(cfg: Config) -> Translator:
+    """A translator with the config's tables and an empty pool, as a new worker has."""
+    from publisher.worker import plane_from_config
+
+    plane = plane_from_config(cfg)
+    return Translator(plane.settings, plane.tables(), plane.new_pool())
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """0: nothing on the router stops the probe; 1: something does (the report says what)."""
+    from publisher.config import load_config_or_report
+
+    cfg = load_config_or_report(args.config, placeholder=True)
+    if cfg is None:
+        return 1
+    try:
+        probe = parse_probe(cfg, args.target, args.service, args.source)
+    except ProbeError as exc:
+        print(f"revnat64 diagnose: {exc}", file=sys.stderr)
+        return 2
+    sim = simulate(build_translator(cfg), probe) if probe.mapping is not None else None
+    facts = gather(cfg, probe, sim)
+    found = findings(cfg, probe, facts, sim)
+    sys.stdout.write(render(probe, found))
+    return 1 if any(f.level == FAIL for f in found) else 0
