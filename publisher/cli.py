@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CLIENT",
         help="the client's IPv6 address (it matters for sources, leases and the return route)",
     )
+    p.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="then watch the mapping's counters this long while you send from the client, "
+        "and say what happened to those packets (at most 3600)",
+    )
 
     p = add(
         "install-systemd",

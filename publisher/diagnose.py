@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -40,12 +41,15 @@ __all__ = [
     "Probe",
     "RouteLookup",
     "Simulation",
+    "Traffic",
     "cmd_diagnose",
     "findings",
     "gather",
     "parse_probe",
     "render",
     "simulate",
+    "watch",
+    "watched",
 ]
 
 # Used when --from is not given: a documentation address, never sent to.
@@ -584,6 +588,133 @@ def findings(cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) ->
     return out
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """One mapping's counters at one moment, as ``--watch`` compares them."""
+
+    to_device: int = 0
+    back: int = 0
+    firewall_drops: int = 0
+    translator_drops: tuple[tuple[str, int], ...] = ()
+    pool_refused: int = 0
+
+    @classmethod
+    def of(cls, snap: Snapshot, mapping: str) -> Traffic:
+        return cls(
+            snap.packets.get((mapping, "6to4"), 0),
+            snap.packets.get((mapping, "4to6"), 0),
+            snap.firewall_drops.get(mapping, (0, 0))[0],
+            tuple(sorted(snap.dropped.items())),
+            sum(snap.pool_refused.values()),
+        )
+
+    def since(self, before: Traffic) -> Traffic:
+        old = dict(before.translator_drops)
+        return Traffic(
+            self.to_device - before.to_device,
+            self.back - before.back,
+            self.firewall_drops - before.firewall_drops,
+            tuple((k, v - old.get(k, 0)) for k, v in self.translator_drops if v > old.get(k, 0)),
+            self.pool_refused - before.pool_refused,
+        )
+
+    def describe(self) -> str:
+        text = f"{self.to_device} to the device, {self.back} back"
+        if self.firewall_drops:
+            text += f", {self.firewall_drops} dropped by the firewall"
+        if self.translator_drops:
+            text += ", translator dropped " + ", ".join(
+                f"{k} {v}" for k, v in self.translator_drops
+            )
+        return text
+
+
+def watched(mapping: Mapping, delta: Traffic, seconds: float) -> list[Finding]:
+    """What the counters of ``--watch`` say about the packets sent meanwhile; pure."""
+    name = mapping.name
+    out: list[Finding] = []
+    if delta.pool_refused:
+        out.append(Finding(WARN, "watch", f"pool4 refused {delta.pool_refused} new client(s)"))
+    if delta.translator_drops:
+        out.append(
+            Finding(
+                INFO,
+                "watch",
+                "the translator dropped (all mappings): "
+                + ", ".join(f"{k} {v}" for k, v in delta.translator_drops),
+            )
+        )
+    if delta.to_device and delta.back:
+        out.append(Finding(OK, "watch", f"{name}: {delta.describe()}: traffic flows both ways"))
+    elif delta.to_device:
+        out.append(
+            Finding(
+                FAIL,
+                "watch",
+                f"{delta.to_device} packet(s) went to {name} and nothing came back through "
+                "the translator: the device must answer via this router (its default "
+                "gateway, or `masquerade: true`), and be on and not firewalling them",
+            )
+        )
+    elif delta.firewall_drops:
+        allowed = ", ".join(map(str, mapping.allow)) or "nothing"
+        out.append(
+            Finding(
+                FAIL,
+                "watch",
+                f"the firewall dropped {delta.firewall_drops} packet(s) to {name} and let none "
+                f"through: not in its allow list ({allowed}), outside its sources, or over "
+                "its rate limit",
+            )
+        )
+    else:
+        out.append(
+            Finding(
+                WARN,
+                "watch",
+                f"no packet to {name} reached the translator or the firewall in "
+                f"{seconds:.0f} s: if you sent some, they never got this far (the DNS "
+                "answer, your ISP's routing or proxy NDP, or a firewall rule before ours)",
+            )
+        )
+    return out
+
+
+def watch(cfg: Config, mapping: Mapping, seconds: float, interval: float = 1.0) -> list[Finding]:
+    """Read the daemon's counters for ``seconds``, print each change, then conclude."""
+    from publisher.control import ControlError, request
+
+    def sample() -> Traffic:
+        snap = Snapshot.from_json(request(cfg.daemon.control_socket, "status"))
+        return Traffic.of(snap, mapping.name)
+
+    try:
+        first = last = sample()
+    except (ControlError, ValueError) as exc:
+        return [Finding(FAIL, "watch", f"cannot read the daemon's counters: {exc}")]
+    print(
+        f"watching {mapping.name} for {seconds:.0f} s: send your packets now (Ctrl-C stops)",
+        flush=True,
+    )
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            time.sleep(min(interval, max(0.0, seconds - (time.monotonic() - start))))
+            try:
+                now = sample()
+            except (ControlError, ValueError) as exc:
+                return [Finding(FAIL, "watch", f"the daemon stopped answering: {exc}")]
+            if now != last:
+                print(
+                    f"  +{time.monotonic() - start:4.1f}s  {now.since(first).describe()}",
+                    flush=True,
+                )
+                last = now
+    except KeyboardInterrupt:
+        pass
+    return watched(mapping, last.since(first), time.monotonic() - start)
+
+
 def _sysctl_name(path: str) -> str:
     return path.removeprefix("/proc/sys/").replace("/", ".")
 
@@ -700,6 +831,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     try:
+        if args.watch is not None and not 0 < args.watch <= 3600:
+            raise ProbeError(f"--watch {args.watch:g}: give 1 to 3600 seconds")
         probe = parse_probe(cfg, args.target, args.service, args.source)
     except ProbeError as exc:
         print(f"revnat64 diagnose: {exc}", file=sys.stderr)
@@ -708,4 +841,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     facts = gather(cfg, probe, sim)
     found = findings(cfg, probe, facts, sim)
     sys.stdout.write(render(probe, found))
+    if args.watch and probe.mapping is not None:
+        seen = watch(cfg, probe.mapping, args.watch)
+        width = max(len(f.step) for f in found)
+        for f in seen:
+            print(f"  {f.level:<4}  {f.step:<{width}}  {f.text}")
+        found += seen
     return 1 if any(f.level == FAIL for f in found) else 0

@@ -26,6 +26,7 @@ from publisher.diagnose import (
     Facts,
     ProbeError,
     RouteLookup,
+    Traffic,
     build_translator,
     findings,
     packet4_reply,
@@ -33,6 +34,7 @@ from publisher.diagnose import (
     parse_probe,
     render,
     simulate,
+    watched,
 )
 from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, proxy_ndp_sysctl
 from publisher.nlbatch import (
@@ -379,3 +381,40 @@ def test_parse_neighbours_raises_the_kernel_refusal() -> None:
     with pytest.raises(OSError) as info:
         parse_neighbours(error)
     assert info.value.errno == 1
+
+
+# -- --watch: what the counters say about the packets sent meanwhile --------------------
+
+
+def snapshot(to_device: int, back: int, fw: int, **dropped: int) -> Snapshot:
+    return Snapshot(
+        packets={("cam", "6to4"): to_device, ("cam", "4to6"): back, ("nas", "6to4"): 99},
+        firewall_drops={"cam": (fw, fw * 80)},
+        dropped=dropped,
+    )
+
+
+@pytest.mark.parametrize(
+    ("after", "level", "words"),
+    [
+        (snapshot(13, 12, 2), OK, "cam: 3 to the device, 2 back, 1 dropped by the firewall"),
+        (snapshot(13, 10, 0), FAIL, "3 packet(s) went to cam and nothing came back"),
+        (snapshot(10, 10, 4), FAIL, "the firewall dropped 3 packet(s) to cam and let none"),
+        (snapshot(10, 10, 1), WARN, "no packet to cam reached the translator or the firewall"),
+    ],
+)
+def test_watch_concludes_from_the_counter_deltas(after: Snapshot, level: str, words: str) -> None:
+    cam = config().mappings[0]
+    delta = Traffic.of(after, "cam").since(Traffic.of(snapshot(10, 10, 1), "cam"))
+    found = watched(cam, delta, 5.0)
+    assert found[-1].level == level and words in found[-1].text, found
+
+
+def test_watch_lists_new_translator_drops_only() -> None:
+    cam = config().mappings[0]
+    before = Traffic.of(snapshot(0, 0, 0, multicast=4, no_mapping=1), "cam")
+    after = Traffic.of(snapshot(0, 0, 0, multicast=4, no_mapping=3, hop_limit_exceeded=1), "cam")
+    found = watched(cam, after.since(before), 5.0)
+    assert (
+        found[0].text == "the translator dropped (all mappings): hop_limit_exceeded 1, no_mapping 2"
+    )

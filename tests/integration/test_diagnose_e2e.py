@@ -1,0 +1,138 @@
+"""`revnat64 diagnose` against the real kernel, nftables and daemon.
+
+One lab, broken and mended one piece at a time: each fault must be the place
+the report says the packet stops, and mending it must clear the report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
+from tests.netlab import CLIENT6, DEVICE6, ROUTER_LAN4, Lab, wait_for
+
+PRINTER6 = "2001:db8:1::50"  # on-link on the router's WAN /64: needs proxy NDP
+PRINTER4 = "192.0.2.60"  # nothing answers there
+
+
+def diagnose(d: DaemonLab, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "publisher.cli", "diagnose", "-c", str(d.config_path), *args]
+    return d.router.run(argv, env=env, cwd=str(ROOT), check=False)
+
+
+def stops_at(d: DaemonLab, *args: str) -> str:
+    """The step the report stops at ("" when nothing stops the packet)."""
+    result = diagnose(d, *args)
+    last = result.stdout.strip().splitlines()[-1]
+    if last == "nothing on this router stops it":
+        assert result.returncode == 0, result.stdout + result.stderr
+        return ""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert last.startswith("stops at "), result.stdout
+    return last.removeprefix("stops at ").split(":")[0]
+
+
+def ping(d: DaemonLab, dst: str = DEVICE6, count: int = 1) -> bool:
+    out = d.client.run(["ping", "-6", "-c", str(count), "-i", "0.2", "-W", "1", dst], check=False)
+    return f"{count} received" in out.stdout
+
+
+def watch_while_pinging(d: DaemonLab) -> tuple[int, str]:
+    """``diagnose --watch`` while the client sends three pings; its exit code and output."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "publisher.cli", "diagnose", "-c", str(d.config_path)]
+    proc = d.router.popen(
+        [*argv, "camera", "--from", CLIENT6, "--watch", "4"],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the static report, then the watch starts
+            if line.startswith("watching camera"):
+                break
+        ping(d, count=3)
+        rest = proc.stdout.read()
+        return proc.wait(timeout=15), rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_diagnose_finds_each_fault_in_a_real_router(lab: Lab, tmp_path: Path) -> None:
+    d = DaemonLab(lab, tmp_path)
+    try:
+        cfg = base_config(tmp_path, d.tun)
+        cfg["mappings"][0]["allow"] = ["tcp/80", "icmp"]
+        cfg["mappings"].append({"name": "printer", "ipv6": PRINTER6, "ipv4": PRINTER4})
+        cfg["firewall"] = {"enabled": True, "check_interval": 0}
+        d.write_config(cfg)
+        camera = ("camera", "icmp", "--from", CLIENT6)
+
+        # Nothing running: the daemon is the first thing missing.
+        assert stops_at(d, *camera) == "daemon"
+
+        # The device has no way back: the router is fine, the counters say one way only.
+        d.device.run("ip route del default")
+        d.start()
+        assert not ping(d)
+        result = diagnose(d, *camera)
+        assert result.returncode == 0, result.stdout
+        assert "camera has never answered through the translator" in result.stdout
+        code, out = watch_while_pinging(d)
+        assert code == 1 and "3 packet(s) went to camera and nothing came back" in out, out
+        d.device.run(f"ip route add default via {ROUTER_LAN4} dev lan0")
+        code, out = watch_while_pinging(d)
+        assert code == 0 and "camera: 3 to the device, 3 back: traffic flows both ways" in out, out
+        result = diagnose(d, "camera", "tcp/80", "--from", CLIENT6)
+        assert result.returncode == 0, result.stdout
+        assert "never answered" not in result.stdout
+        assert f"{CLIENT6} -> 198.51.100." in result.stdout  # the real lease, from status
+        assert "192.0.2.50 answer" in result.stdout  # an ARP entry from the ping
+
+        # The firewall's own policy.
+        assert stops_at(d, "camera", "tcp/22", "--from", CLIENT6) == "firewall"
+
+        # Forwarding switched off behind the daemon's back.
+        d.router.sysctl("net.ipv6.conf.all.forwarding", 0)
+        assert stops_at(d, *camera) == "forwarding"
+        d.router.sysctl("net.ipv6.conf.all.forwarding", 1)
+
+        # The route into the TUN removed.
+        d.router.run(f"ip -6 route del {DEVICE6}/128 dev {d.tun}")
+        assert stops_at(d, *camera) == "route6"
+        d.router.run(f"ip -6 route add {DEVICE6}/128 dev {d.tun} proto 164")
+        assert stops_at(d, *camera) == ""
+
+        # The firewall table flushed (the watchdog is off here): the rules are gone.
+        d.router.run("nft delete table inet revnat64")
+        assert stops_at(d, *camera) == "firewall"
+        d.reload()
+        assert stops_at(d, *camera) == ""
+
+        # The printer: on-link on the WAN, so it needs proxy NDP, and it is switched off.
+        result = diagnose(d, "printer", "--from", CLIENT6)
+        assert "ok    proxy-ndp   answered on wan0" in result.stdout, result.stdout
+        d.router.run(["ping", "-c", "1", "-W", "1", PRINTER4], check=False)
+        wait_for(
+            lambda: stops_at(d, "printer", "--from", CLIENT6) == "neighbour",
+            timeout=10,
+            interval=0.5,
+            what="the printer's ARP entry to fail",
+        )
+        d.router.run(f"ip -6 neigh del proxy {PRINTER6} dev wan0")
+        assert stops_at(d, "printer", "--from", CLIENT6) == "proxy-ndp"
+
+        # Not published at all, and a bad command line.
+        assert stops_at(d, "2001:db8:200::99") == "mapping"
+        bad = diagnose(d, "webcam")
+        assert bad.returncode == 2 and "neither an IPv6 address nor a mapping name" in bad.stderr
+    finally:
+        d.close()
