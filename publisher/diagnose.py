@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
 from publisher.config import AllowRule, Config, Mapping
+from publisher.firewall_nft import ForeignChain
 from publisher.snapshot import Snapshot
 from translator import Action, DropReason, Translator
 from translator.checksum import checksum, ones_sum
@@ -289,6 +290,7 @@ class Facts:
     route4_back: RouteLookup = field(default_factory=RouteLookup)  # device -> client's IPv4
     firewall_applied: bool | None = None  # None: not looked at (disabled) or unknown
     firewall_error: str = ""
+    foreign_chains: list[ForeignChain] = field(default_factory=list)  # others' forward hooks
     status: Snapshot | None = None
     status_error: str = ""
 
@@ -457,7 +459,8 @@ def findings(cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) ->
             say(FAIL, "firewall", f"{what} is not in {m.name}'s allow list ({allowed})")
         else:
             limit = f", within rate_limit {m.rate_limit}" if m.rate_limit else ""
-            say(OK, "firewall", f"{m.name}'s allow list accepts it{limit}")
+            where = f" (the {fw.backend} rules are in place)" if facts.firewall_applied else ""
+            say(OK, "firewall", f"{m.name}'s allow list accepts it{limit}{where}")
         if facts.firewall_applied is False:
             say(
                 FAIL,
@@ -475,6 +478,17 @@ def findings(cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) ->
                 "firewall",
                 f"dropped {drops[0]} packet(s) to {m.name} so far "
                 "(not allowed, outside sources, or over the rate limit)",
+            )
+
+    for chain in facts.foreign_chains:
+        if chain.policy == "drop" and not chain.names_tun:
+            say(
+                WARN,
+                "firewall",
+                f"{chain.describe()} drops forwarded traffic by default and never names "
+                f"{tr.tun_device}: our accept does not outvote it, so it likely drops the "
+                "translated packets (OpenWrt: install the fw4 snippet, docs/install-openwrt.md; "
+                "elsewhere accept the TUN's traffic in that chain)",
             )
 
     # 7. the translation
@@ -736,8 +750,11 @@ def render(probe: Probe, found: Sequence[Finding]) -> str:
         lines[0] += " (an example client; --from names a real one)"
     lines += [f"  {f.level:<4}  {f.step:<{width}}  {f.text}" for f in found]
     failed = [f for f in found if f.level == FAIL]
+    warned = sum(f.level == WARN for f in found)
     if failed:
         lines.append(f"stops at {failed[0].step}: {failed[0].text}")
+    elif warned:
+        lines.append(f"nothing on this router certainly stops it; see the {warned} warning(s)")
     else:
         lines.append("nothing on this router stops it")
     return "\n".join(lines) + "\n"
@@ -770,6 +787,7 @@ def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
     from publisher import firewall
     from publisher.control import ControlError, request
     from publisher.firewall_common import FirewallError
+    from publisher.firewall_nft import foreign_forward_chains
     from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, onlink_prefixes, proxy_ndp_sysctl
     from publisher.nlbatch import dump_proxies
 
@@ -808,6 +826,10 @@ def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
             facts.firewall_applied = firewall.is_applied(cfg)
         except (FirewallError, OSError) as exc:
             facts.firewall_error = str(exc)
+    try:
+        facts.foreign_chains = foreign_forward_chains(cfg.translator.tun_device)
+    except FirewallError:
+        pass  # no nft here (iptables-legacy only): nothing of this kind to see
     try:
         facts.status = Snapshot.from_json(request(cfg.daemon.control_socket, "status"))
     except (ControlError, ValueError) as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as TMapping
+from dataclasses import dataclass
 
 from publisher.config import Config, Mapping
 from publisher.firewall_common import (
@@ -286,6 +287,58 @@ def is_applied(cfg: Config, netns: str | None = None) -> bool:
     except FirewallError:
         return False
     return f"table {TABLE}" in (line.strip() for line in proc.stdout.splitlines())
+
+
+@dataclass(frozen=True)
+class ForeignChain:
+    """A base chain on the forward hook in a table that is not ours."""
+
+    family: str
+    table: str
+    name: str
+    policy: str
+    names_tun: bool  # the chain's rules name the TUN device (fw4's snippet, a zone)
+
+    def describe(self) -> str:
+        return f"table {self.family} {self.table} chain {self.name}"
+
+
+# The families whose forward hook sees translated traffic: IPv6 into the TUN, IPv4 out.
+FORWARD_FAMILIES = ("inet", "ip", "ip6")
+
+
+def foreign_forward_chains(tun_device: str, netns: str | None = None) -> list[ForeignChain]:
+    """Other tables' base chains on the forward hook, and whether each names ``tun_device``.
+
+    A packet leaves the forward hook only if every base chain on it accepts:
+    our table's accept does not outvote fw4's (or Docker's iptables-nft)
+    ``policy drop``.  Only chains with that policy are listed in full.
+    """
+    proc = run_command(["nft", "-j", "list", "chains"], "listing the chains", netns=netns)
+    try:
+        items = json.loads(proc.stdout)["nftables"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FirewallError(f"listing the chains: bad JSON: {exc}") from None
+    found = []
+    for item in items:
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if not chain or chain.get("hook") != "forward" or chain.get("table") == "revnat64":
+            continue
+        family = str(chain.get("family"))
+        if family not in FORWARD_FAMILIES:
+            continue
+        table, name, policy = str(chain["table"]), str(chain["name"]), str(chain.get("policy"))
+        names_tun = False
+        if policy == "drop":
+            listing = run_command(
+                ["nft", "list", "chain", family, table, name],
+                f"listing chain {name} of table {family} {table}",
+                netns=netns,
+            ).stdout
+            # Our iptables backend's jump vets the TUN traffic in its own chain.
+            names_tun = f'"{tun_device}"' in listing or "jump REVNAT64-FWD" in listing
+        found.append(ForeignChain(family, table, name, policy, names_tun))
+    return found
 
 
 def read_counters(cfg: Config, netns: str | None = None) -> dict[str, tuple[int, int]]:

@@ -18,10 +18,27 @@ PRINTER6 = "2001:db8:1::50"  # on-link on the router's WAN /64: needs proxy NDP
 PRINTER4 = "192.0.2.60"  # nothing answers there
 
 
+FW4 = """
+table inet fw4 {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+    }
+}
+"""
+
+
 def diagnose(d: DaemonLab, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     argv = [sys.executable, "-m", "publisher.cli", "diagnose", "-c", str(d.config_path), *args]
     return d.router.run(argv, env=env, cwd=str(ROOT), check=False)
+
+
+def diagnose_cli(d: DaemonLab, command: str, *args: str) -> str:
+    """Another ``revnat64`` command for the same config, in the router; its stdout."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "publisher.cli", command, "-c", str(d.config_path), *args]
+    return d.router.run(argv, env=env, cwd=str(ROOT)).stdout
 
 
 def stops_at(d: DaemonLab, *args: str) -> str:
@@ -116,6 +133,23 @@ def test_diagnose_finds_each_fault_in_a_real_router(lab: Lab, tmp_path: Path) ->
         assert stops_at(d, *camera) == "firewall"
         d.reload()
         assert stops_at(d, *camera) == ""
+
+        # Another table's forward chain that drops by default (OpenWrt's fw4 without
+        # our snippet): our accept does not outvote it, and the report says so.
+        d.router.run(["nft", "-f", "-"], input=FW4)
+        assert not ping(d)
+        result = diagnose(d, *camera)
+        assert "warn  firewall    table inet fw4 chain forward drops" in result.stdout, (
+            result.stdout
+        )
+        assert result.stdout.strip().endswith("see the 1 warning(s)")
+        snippet = diagnose_cli(d, "firewall", "--fw4-snippet", "-")
+        rules = [line for line in snippet.splitlines() if line and line[0] != "#"]
+        script = "".join(f"insert rule inet fw4 forward {rule}\n" for rule in rules)
+        d.router.run(["nft", "-f", "-"], input=script)
+        assert ping(d)
+        assert stops_at(d, *camera) == ""
+        d.router.run("nft delete table inet fw4")
 
         # The printer: on-link on the WAN, so it needs proxy NDP, and it is switched off.
         result = diagnose(d, "printer", "--from", CLIENT6)

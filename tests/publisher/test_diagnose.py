@@ -36,6 +36,7 @@ from publisher.diagnose import (
     simulate,
     watched,
 )
+from publisher.firewall_nft import ForeignChain
 from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, proxy_ndp_sysctl
 from publisher.nlbatch import (
     NDMSG,
@@ -418,3 +419,20 @@ def test_watch_lists_new_translator_drops_only() -> None:
     assert (
         found[0].text == "the translator dropped (all mappings): hop_limit_exceeded 1, no_mapping 2"
     )
+
+
+def test_other_tables_dropping_forwarded_traffic_are_warned_about() -> None:
+    cfg = config()
+    chains = [
+        ForeignChain("inet", "fw4", "forward", "drop", names_tun=False),
+        ForeignChain("ip", "filter", "FORWARD", "drop", names_tun=True),
+        ForeignChain("ip6", "mangle", "FORWARD", "accept", names_tun=False),
+    ]
+    probe = parse_probe(cfg, "cam", "icmp", CLIENT)
+    sim = simulate(build_translator(cfg), probe)
+    found = findings(cfg, probe, change(healthy(cfg), foreign_chains=chains), sim)
+    warned = [f.text for f in found if f.level == WARN]
+    assert len(warned) == 1 and warned[0].startswith("table inet fw4 chain forward drops")
+    assert "never names nat64" in warned[0]
+    last = render(probe, found).splitlines()[-1]
+    assert last == "nothing on this router certainly stops it; see the 1 warning(s)"
