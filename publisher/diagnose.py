@@ -24,7 +24,7 @@ import argparse
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
@@ -313,293 +313,315 @@ def _allowed(m: Mapping, service: AllowRule) -> bool:
 
 def findings(cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) -> list[Finding]:
     """Walk the path in the order the packet takes it; pure."""
-    from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, plan, proxy_ndp_sysctl
+    walk = _Walk(cfg, probe, facts, sim)
+    if not walk.mapping():
+        return walk.out
+    for step in (
+        walk.daemon,
+        walk.forwarding,
+        walk.route6,
+        walk.proxy_ndp,
+        walk.firewall,
+        walk.translate,
+        walk.device,
+        walk.way_back,
+        walk.counters,
+    ):
+        step()
+    return walk.out
 
-    out: list[Finding] = []
 
-    def say(level: str, step: str, text: str) -> None:
-        out.append(Finding(level, step, text))
+class _Walk:
+    """One method per step of :func:`findings`; each appends what it finds to ``out``."""
 
-    tr = cfg.translator
-    m = probe.mapping
-    # 1. the mapping
-    if cfg.waiting_for_prefix:
-        say(
-            FAIL,
-            "mapping",
-            f"no prefix on {cfg.wan.prefix_from} yet: the ::suffix mappings "
-            "are not published until one appears",
-        )
-    if m is None:
-        if tr.prefix is not None and probe.target in tr.prefix:
-            say(
-                INFO,
-                "mapping",
-                f"{probe.target} is inside the RFC 6052 prefix {tr.prefix}, not a mapping",
-            )
-        else:
-            inside = tr.publish_prefix is not None and probe.target in tr.publish_prefix
-            where = (
-                f" (inside publish_prefix {tr.publish_prefix}: the translator answers "
-                "'address unreachable')"
-                if inside
-                else ""
-            )
-            say(
+    def __init__(self, cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) -> None:
+        self.cfg, self.probe, self.facts, self.sim = cfg, probe, facts, sim
+        self.tr = cfg.translator
+        self.snap = facts.status
+        self.out: list[Finding] = []
+        self.seen4 = ""  # the IPv4 source the device sees, once translation says it
+
+    @property
+    def m(self) -> Mapping:
+        assert self.probe.mapping is not None  # mapping() stops the walk otherwise
+        return self.probe.mapping
+
+    def say(self, level: str, step: str, text: str) -> None:
+        self.out.append(Finding(level, step, text))
+
+    def mapping(self) -> bool:
+        """The target is published; False ends the walk (nothing after applies)."""
+        cfg, tr, target = self.cfg, self.tr, self.probe.target
+        if cfg.waiting_for_prefix:
+            self.say(
                 FAIL,
                 "mapping",
-                f"{probe.target} is not a published address{where}; "
-                "`revnat64 check` lists the mappings",
+                f"no prefix on {cfg.wan.prefix_from} yet: the ::suffix mappings "
+                "are not published until one appears",
             )
-        return out
-    say(
-        OK,
-        "mapping",
-        f"{m.name}: {probe.target} -> {probe.device}"
-        + (f" (range {m.ipv6} -> {m.ipv4})" if m.is_range else ""),
-    )
+        m = self.probe.mapping
+        if m is None:
+            if tr.prefix is not None and target in tr.prefix:
+                text = f"{target} is inside the RFC 6052 prefix {tr.prefix}, not a mapping"
+                self.say(INFO, "mapping", text)
+                return False
+            where = ""
+            if tr.publish_prefix is not None and target in tr.publish_prefix:
+                where = (
+                    f" (inside publish_prefix {tr.publish_prefix}: the translator answers "
+                    "'address unreachable')"
+                )
+            self.say(
+                FAIL,
+                "mapping",
+                f"{target} is not a published address{where}; `revnat64 check` lists the mappings",
+            )
+            return False
+        span = f" (range {m.ipv6} -> {m.ipv4})" if m.is_range else ""
+        self.say(OK, "mapping", f"{m.name}: {target} -> {self.probe.device}{span}")
+        return True
 
-    # 2. the daemon
-    snap = facts.status
-    if snap is None:
-        say(
-            FAIL,
-            "daemon",
-            f"not reachable ({facts.status_error}); nothing translates "
-            "until `revnat64 run` (or the service) is up",
-        )
-    elif m.name not in {i.name for i in snap.mappings}:
-        say(
-            FAIL,
-            "daemon",
-            f"running, but it does not serve {m.name}: reload it "
-            "(systemctl reload revnat64, or SIGHUP) after editing the config",
-        )
-    else:
-        say(OK, "daemon", f"running with {len(snap.mappings)} mapping(s), {snap.workers} worker(s)")
-
-    # 3. forwarding and interfaces
-    off = [p for p in (IPV6_FORWARD, IPV4_FORWARD) if facts.sysctls.get(p) != "1"]
-    if off:
-        say(
-            FAIL,
-            "forwarding",
-            ", ".join(f"{_sysctl_name(p)} is {facts.sysctls.get(p) or 'unreadable'}" for p in off)
-            + "; the daemon sets 1 "
-            "while it runs",
-        )
-    else:
-        say(OK, "forwarding", "IPv6 and IPv4 forwarding on")
-    for role, name in (
-        ("wan", cfg.wan.interface),
-        ("tun", tr.tun_device),
-        ("lan", cfg.lan.interface),
-    ):
-        if name not in facts.links:
-            say(FAIL, "interfaces", f"{role} interface {name} does not exist")
-        elif not facts.links[name]:
-            say(FAIL, "interfaces", f"{role} interface {name} is down")
-
-    # 4. into the TUN
-    if facts.route6.interface == tr.tun_device and facts.route6.kind == "unicast":
-        say(OK, "route6", f"{probe.target} from {cfg.wan.interface} is routed into {tr.tun_device}")
-    else:
-        say(
-            FAIL,
-            "route6",
-            f"{probe.target} from {cfg.wan.interface}: "
-            f"{facts.route6.describe()}, not into {tr.tun_device}",
-        )
-
-    # 5. proxy NDP
-    wanted = sorted(
-        p.interface for p in plan(cfg, facts.onlink).proxies if p.address == str(probe.target)
-    )
-    if not wanted:
-        say(
-            INFO,
-            "proxy-ndp",
-            f"{probe.target} is not on-link on any interface here, so "
-            "no proxy NDP is needed; your ISP must route its prefix to this router",
-        )
-    for ifname in wanted:
-        entry = (str(probe.target), ifname) in facts.proxies
-        sysctl = facts.sysctls.get(proxy_ndp_sysctl(ifname)) == "1"
-        if entry and sysctl:
-            say(OK, "proxy-ndp", f"answered on {ifname} (neighbours there solicit it)")
+    def daemon(self) -> None:
+        snap, m = self.snap, self.m
+        if snap is None:
+            self.say(
+                FAIL,
+                "daemon",
+                f"not reachable ({self.facts.status_error}); nothing translates "
+                "until `revnat64 run` (or the service) is up",
+            )
+        elif m.name not in {i.name for i in snap.mappings}:
+            self.say(
+                FAIL,
+                "daemon",
+                f"running, but it does not serve {m.name}: reload it "
+                "(systemctl reload revnat64, or SIGHUP) after editing the config",
+            )
         else:
+            text = f"running with {len(snap.mappings)} mapping(s), {snap.workers} worker(s)"
+            self.say(OK, "daemon", text)
+
+    def forwarding(self) -> None:
+        from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD
+
+        sysctls, links = self.facts.sysctls, self.facts.links
+        off = [p for p in (IPV6_FORWARD, IPV4_FORWARD) if sysctls.get(p) != "1"]
+        if off:
+            values = ", ".join(
+                f"{_sysctl_name(p)} is {sysctls.get(p) or 'unreadable'}" for p in off
+            )
+            self.say(FAIL, "forwarding", f"{values}; the daemon sets 1 while it runs")
+        else:
+            self.say(OK, "forwarding", "IPv6 and IPv4 forwarding on")
+        for role, name in (
+            ("wan", self.cfg.wan.interface),
+            ("tun", self.tr.tun_device),
+            ("lan", self.cfg.lan.interface),
+        ):
+            if name not in links:
+                self.say(FAIL, "interfaces", f"{role} interface {name} does not exist")
+            elif not links[name]:
+                self.say(FAIL, "interfaces", f"{role} interface {name} is down")
+
+    def route6(self) -> None:
+        route, tun = self.facts.route6, self.tr.tun_device
+        where = f"{self.probe.target} from {self.cfg.wan.interface}"
+        if route.interface == tun and route.kind == "unicast":
+            self.say(OK, "route6", f"{where} is routed into {tun}")
+        else:
+            self.say(FAIL, "route6", f"{where}: {route.describe()}, not into {tun}")
+
+    def proxy_ndp(self) -> None:
+        from publisher.netlink import plan, proxy_ndp_sysctl
+
+        target = str(self.probe.target)
+        proxies = plan(self.cfg, self.facts.onlink).proxies
+        wanted = sorted(p.interface for p in proxies if p.address == target)
+        if not wanted:
+            self.say(
+                INFO,
+                "proxy-ndp",
+                f"{target} is not on-link on any interface here, so "
+                "no proxy NDP is needed; your ISP must route its prefix to this router",
+            )
+        for ifname in wanted:
+            entry = (target, ifname) in self.facts.proxies
+            sysctl = self.facts.sysctls.get(proxy_ndp_sysctl(ifname)) == "1"
+            if entry and sysctl:
+                self.say(OK, "proxy-ndp", f"answered on {ifname} (neighbours there solicit it)")
+                continue
             missing = [
-                w
-                for w, ok in (("the proxy entry", entry), (f"proxy_ndp=1 on {ifname}", sysctl))
+                what
+                for what, ok in (("the proxy entry", entry), (f"proxy_ndp=1 on {ifname}", sysctl))
                 if not ok
             ]
-            say(
+            self.say(
                 FAIL,
                 "proxy-ndp",
-                f"{probe.target} is on-link on {ifname}, but "
+                f"{target} is on-link on {ifname}, but "
                 f"{' and '.join(missing)} is missing: neighbours there cannot find it",
             )
 
-    # 6. the firewall
-    fw = cfg.firewall
-    if not fw.enabled:
-        say(WARN, "firewall", "firewall.enabled is false: nothing limits what reaches the device")
-    else:
+    def firewall(self) -> None:
+        fw, m, facts = self.cfg.firewall, self.m, self.facts
+        if not fw.enabled:
+            text = "firewall.enabled is false: nothing limits what reaches the device"
+            self.say(WARN, "firewall", text)
+        else:
+            self._policy(fw.backend)
+            if facts.firewall_applied is False:
+                self.say(
+                    FAIL,
+                    "firewall",
+                    f"the rules ({fw.backend}) are not in the kernel: "
+                    "the running daemon puts them back within firewall.check_interval; "
+                    "`revnat64 firewall --apply` does it now",
+                )
+            elif facts.firewall_error:
+                self.say(WARN, "firewall", f"could not read the rules: {facts.firewall_error}")
+            drops = self.snap.firewall_drops.get(m.name) if self.snap else None
+            if drops and drops[0]:
+                self.say(
+                    INFO,
+                    "firewall",
+                    f"dropped {drops[0]} packet(s) to {m.name} so far "
+                    "(not allowed, outside sources, or over the rate limit)",
+                )
+        for chain in facts.foreign_chains:
+            if chain.policy == "drop" and not chain.names_tun:
+                self.say(
+                    WARN,
+                    "firewall",
+                    f"{chain.describe()} drops forwarded traffic by default and never names "
+                    f"{self.tr.tun_device}: our accept does not outvote it, so it likely drops "
+                    "the translated packets (OpenWrt: install the fw4 snippet, "
+                    "docs/install-openwrt.md; elsewhere accept the TUN's traffic in that chain)",
+                )
+
+    def _policy(self, backend: str) -> None:
+        """The mapping's own sources and allow list against the probe."""
+        m, probe = self.m, self.probe
         if m.sources and not any(probe.client in net for net in m.sources):
             hint = "" if probe.client_given else " (give --from with the real client)"
-            say(
-                FAIL,
-                "firewall",
-                f"{probe.client} is not in {m.name}'s sources "
-                f"({', '.join(map(str, m.sources))}){hint}",
+            sources = ", ".join(map(str, m.sources))
+            self.say(
+                FAIL, "firewall", f"{probe.client} is not in {m.name}'s sources ({sources}){hint}"
             )
         elif not _allowed(m, probe.service):
             allowed = ", ".join(map(str, m.allow)) or "nothing"
             what = "icmp (ping)" if probe.service.proto == "icmp" else str(probe.service)
-            say(FAIL, "firewall", f"{what} is not in {m.name}'s allow list ({allowed})")
+            self.say(FAIL, "firewall", f"{what} is not in {m.name}'s allow list ({allowed})")
         else:
             limit = f", within rate_limit {m.rate_limit}" if m.rate_limit else ""
-            where = f" (the {fw.backend} rules are in place)" if facts.firewall_applied else ""
-            say(OK, "firewall", f"{m.name}'s allow list accepts it{limit}{where}")
-        if facts.firewall_applied is False:
-            say(
-                FAIL,
-                "firewall",
-                f"the rules ({fw.backend}) are not in the kernel: "
-                "the running daemon puts them back within firewall.check_interval; "
-                "`revnat64 firewall --apply` does it now",
-            )
-        elif facts.firewall_error:
-            say(WARN, "firewall", f"could not read the rules: {facts.firewall_error}")
-        drops = snap.firewall_drops.get(m.name) if snap else None
-        if drops and drops[0]:
-            say(
-                INFO,
-                "firewall",
-                f"dropped {drops[0]} packet(s) to {m.name} so far "
-                "(not allowed, outside sources, or over the rate limit)",
-            )
+            where = f" (the {backend} rules are in place)" if self.facts.firewall_applied else ""
+            self.say(OK, "firewall", f"{m.name}'s allow list accepts it{limit}{where}")
 
-    for chain in facts.foreign_chains:
-        if chain.policy == "drop" and not chain.names_tun:
-            say(
-                WARN,
-                "firewall",
-                f"{chain.describe()} drops forwarded traffic by default and never names "
-                f"{tr.tun_device}: our accept does not outvote it, so it likely drops the "
-                "translated packets (OpenWrt: install the fw4 snippet, docs/install-openwrt.md; "
-                "elsewhere accept the TUN's traffic in that chain)",
-            )
-
-    # 7. the translation
-    seen4 = ""
-    if sim is not None:
+    def translate(self) -> None:
+        sim, snap, client = self.sim, self.snap, self.probe.client
+        if sim is None:
+            return
         if sim.forward:
-            say(FAIL, "translate", sim.forward)
+            self.say(FAIL, "translate", sim.forward)
+            return
+        lease = _lease_of(snap, client)
+        to = f"to {sim.destination4}, TTL {sim.ttl}"
+        if lease:
+            self.seen4 = lease
+            self.say(OK, "translate", f"{client} -> {lease} (its pool4 lease), {to}")
+        elif IPv4Address(sim.source4) in self.tr.pool4:
+            self.seen4 = f"pool4 {self.tr.pool4}"
+            in_use = f" ({snap.pool_in_use} of {snap.pool_size} in use)" if snap else ""
+            self.say(OK, "translate", f"{client} gets a pool4 lease{in_use}, {to}")
+            if snap is not None and snap.pool_size and snap.pool_in_use >= snap.pool_size:
+                self.say(
+                    WARN,
+                    "translate",
+                    "pool4 is full: a new client waits for an "
+                    "unconfirmed lease to expire (translator.unconfirmed_lease_time)",
+                )
         else:
-            lease = _lease_of(snap, probe.client)
-            to = f"to {sim.destination4}, TTL {sim.ttl}"
-            if lease:
-                seen4 = lease
-                say(OK, "translate", f"{probe.client} -> {lease} (its pool4 lease), {to}")
-            elif IPv4Address(sim.source4) in tr.pool4:
-                seen4 = f"pool4 {tr.pool4}"
-                in_use = f" ({snap.pool_in_use} of {snap.pool_size} in use)" if snap else ""
-                say(OK, "translate", f"{probe.client} gets a pool4 lease{in_use}, {to}")
-                if snap is not None and snap.pool_size and snap.pool_in_use >= snap.pool_size:
-                    say(
-                        WARN,
-                        "translate",
-                        "pool4 is full: a new client waits for an "
-                        "unconfirmed lease to expire (translator.unconfirmed_lease_time)",
-                    )
-            else:
-                seen4 = sim.source4
-                say(OK, "translate", f"{probe.client} -> {sim.source4} (RFC 6052), {to}")
+            self.seen4 = sim.source4
+            self.say(OK, "translate", f"{client} -> {sim.source4} (RFC 6052), {to}")
 
-    # 8. to the device
-    lan = cfg.lan.interface
-    if facts.route4.interface == tr.tun_device:
-        say(FAIL, "route4", f"{probe.device} is routed back into {tr.tun_device}: a loop")
-    elif facts.route4.interface is None or facts.route4.kind != "unicast":
-        say(FAIL, "route4", f"{probe.device}: {facts.route4.describe()}")
-    elif facts.route4.interface != lan:
-        say(
-            WARN,
-            "route4",
-            f"{probe.device} is routed out of {facts.route4.interface}, not lan.interface {lan}",
-        )
-    else:
-        say(OK, "route4", f"{probe.device} is on {lan}")
-    state = facts.neighbour
-    if facts.route4.interface and facts.route4.interface != tr.tun_device:
+    def device(self) -> None:
+        route, device, tun = self.facts.route4, self.probe.device, self.tr.tun_device
+        lan = self.cfg.lan.interface
+        if route.interface == tun:
+            self.say(FAIL, "route4", f"{device} is routed back into {tun}: a loop")
+            return
+        if route.interface is None or route.kind != "unicast":
+            self.say(FAIL, "route4", f"{device}: {route.describe()}")
+        elif route.interface != lan:
+            text = f"{device} is routed out of {route.interface}, not lan.interface {lan}"
+            self.say(WARN, "route4", text)
+        else:
+            self.say(OK, "route4", f"{device} is on {lan}")
+        if not route.interface:
+            return
+        state = self.facts.neighbour
         if state in ("REACHABLE", "PERMANENT", "NOARP"):
-            say(OK, "neighbour", f"{probe.device} answers ARP ({state})")
+            self.say(OK, "neighbour", f"{device} answers ARP ({state})")
         elif state in ("STALE", "DELAY", "PROBE"):
-            say(OK, "neighbour", f"{probe.device} answered ARP recently ({state})")
+            self.say(OK, "neighbour", f"{device} answered ARP recently ({state})")
         elif state in ("FAILED", "INCOMPLETE"):
-            say(
+            self.say(
                 FAIL,
                 "neighbour",
-                f"{probe.device} does not answer ARP on "
-                f"{facts.route4.interface} ({state}): is it on, and on this network?",
+                f"{device} does not answer ARP on {route.interface} ({state}): "
+                "is it on, and on this network?",
             )
         else:
-            say(
+            self.say(
                 INFO,
                 "neighbour",
-                f"no ARP entry for {probe.device} yet (nothing sent to it "
-                "lately); `ping` it from the router to find out",
+                f"no ARP entry for {device} yet (nothing sent to it lately); "
+                "`ping` it from the router to find out",
             )
 
-    # 9. the way back
-    if sim is not None and not sim.forward:
-        back = facts.route4_back
-        if back.interface == tr.tun_device and back.kind == "unicast":
-            say(
-                OK,
-                "return",
-                f"{seen4} from {facts.route4.interface or lan} is routed into {tr.tun_device}",
-            )
+    def way_back(self) -> None:
+        sim, tun = self.sim, self.tr.tun_device
+        if sim is None or sim.forward:
+            return
+        back = self.facts.route4_back
+        where = f"{self.seen4} from {self.facts.route4.interface or self.cfg.lan.interface}"
+        if back.interface == tun and back.kind == "unicast":
+            self.say(OK, "return", f"{where} is routed into {tun}")
         else:
-            say(
-                FAIL,
-                "return",
-                f"{seen4} from {facts.route4.interface or lan}: "
-                f"{back.describe()}, not into {tr.tun_device}",
-            )
+            self.say(FAIL, "return", f"{where}: {back.describe()}, not into {tun}")
         if sim.reply:
-            say(FAIL, "return", f"the device's answer is not translated: {sim.reply}")
+            self.say(FAIL, "return", f"the device's answer is not translated: {sim.reply}")
         else:
-            say(
-                OK,
-                "return",
-                f"the device's answer goes back as {sim.reply_source6} -> {sim.reply_destination6}",
+            text = (
+                f"the device's answer goes back as {sim.reply_source6} -> {sim.reply_destination6}"
             )
-        if not m.masquerade:
-            say(
+            self.say(OK, "return", text)
+        if not self.m.masquerade:
+            self.say(
                 INFO,
                 "return",
-                f"the device must send its answers (to {seen4}) to this "
+                f"the device must send its answers (to {self.seen4}) to this "
                 "router: its default gateway, or `masquerade: true` on the mapping",
             )
 
-    # 10. what real traffic did
-    if snap is not None:
-        sent = snap.packets.get((m.name, "6to4"), 0)
-        back_n = snap.packets.get((m.name, "4to6"), 0)
-        say(INFO, "counters", f"{m.name}: {sent} packet(s) translated to the device, {back_n} back")
-        if sent and not back_n:
-            say(
+    def counters(self) -> None:
+        snap, name = self.snap, self.m.name
+        if snap is None:
+            return
+        sent = snap.packets.get((name, "6to4"), 0)
+        back = snap.packets.get((name, "4to6"), 0)
+        self.say(
+            INFO, "counters", f"{name}: {sent} packet(s) translated to the device, {back} back"
+        )
+        if sent and not back:
+            self.say(
                 WARN,
                 "counters",
-                f"{m.name} has never answered through the translator: "
-                f"check that its default gateway is this router, or set masquerade: true",
+                f"{name} has never answered through the translator: "
+                "check that its default gateway is this router, or set masquerade: true",
             )
-        dropped = ", ".join(f"{k} {v}" for k, v in sorted(snap.dropped.items()) if v)
+        dropped = _counts(sorted(snap.dropped.items()))
         if dropped:
-            say(INFO, "counters", f"translator drops (all mappings): {dropped}")
-    return out
+            self.say(INFO, "counters", f"translator drops (all mappings): {dropped}")
 
 
 @dataclass(frozen=True)
@@ -637,9 +659,7 @@ class Traffic:
         if self.firewall_drops:
             text += f", {self.firewall_drops} dropped by the firewall"
         if self.translator_drops:
-            text += ", translator dropped " + ", ".join(
-                f"{k} {v}" for k, v in self.translator_drops
-            )
+            text += f", translator dropped {_counts(self.translator_drops)}"
         return text
 
 
@@ -650,48 +670,45 @@ def watched(mapping: Mapping, delta: Traffic, seconds: float) -> list[Finding]:
     if delta.pool_refused:
         out.append(Finding(WARN, "watch", f"pool4 refused {delta.pool_refused} new client(s)"))
     if delta.translator_drops:
-        out.append(
-            Finding(
-                INFO,
-                "watch",
-                "the translator dropped (all mappings): "
-                + ", ".join(f"{k} {v}" for k, v in delta.translator_drops),
-            )
-        )
+        text = f"the translator dropped (all mappings): {_counts(delta.translator_drops)}"
+        out.append(Finding(INFO, "watch", text))
     if delta.to_device and delta.back:
-        out.append(Finding(OK, "watch", f"{name}: {delta.describe()}: traffic flows both ways"))
+        level, text = OK, f"{name}: {delta.describe()}: traffic flows both ways"
     elif delta.to_device:
-        out.append(
-            Finding(
-                FAIL,
-                "watch",
+        level, text = (
+            FAIL,
+            (
                 f"{delta.to_device} packet(s) went to {name} and nothing came back through "
                 "the translator: the device must answer via this router (its default "
-                "gateway, or `masquerade: true`), and be on and not firewalling them",
-            )
+                "gateway, or `masquerade: true`), and be on and not firewalling them"
+            ),
         )
     elif delta.firewall_drops:
         allowed = ", ".join(map(str, mapping.allow)) or "nothing"
-        out.append(
-            Finding(
-                FAIL,
-                "watch",
+        level, text = (
+            FAIL,
+            (
                 f"the firewall dropped {delta.firewall_drops} packet(s) to {name} and let none "
                 f"through: not in its allow list ({allowed}), outside its sources, or over "
-                "its rate limit",
-            )
+                "its rate limit"
+            ),
         )
     else:
-        out.append(
-            Finding(
-                WARN,
-                "watch",
+        level, text = (
+            WARN,
+            (
                 f"no packet to {name} reached the translator or the firewall in "
                 f"{seconds:.0f} s: if you sent some, they never got this far (the DNS "
-                "answer, your ISP's routing or proxy NDP, or a firewall rule before ours)",
-            )
+                "answer, your ISP's routing or proxy NDP, or a firewall rule before ours)"
+            ),
         )
+    out.append(Finding(level, "watch", text))
     return out
+
+
+def _counts(items: Iterable[tuple[str, int]]) -> str:
+    """``reason count, reason count`` for the non-zero counts."""
+    return ", ".join(f"{k} {v}" for k, v in items if v)
 
 
 def watch(cfg: Config, mapping: Mapping, seconds: float, interval: float = 1.0) -> list[Finding]:
