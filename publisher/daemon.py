@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -39,7 +40,13 @@ from publisher import sdnotify
 from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
 from publisher.logs import setup_logging
 from publisher.netlink import NetlinkError, NetlinkManager, atomic_write, plan
-from publisher.prefix import PLACEHOLDER, PREFIX_STATE_FILE, read_prefix, remembered_text
+from publisher.prefix import (
+    PLACEHOLDER,
+    PREFIX_STATE_FILE,
+    AddressEvents,
+    read_prefix,
+    remembered_text,
+)
 from publisher.snapshot import Snapshot
 from publisher.worker import (
     Plane,
@@ -55,7 +62,7 @@ from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
-PREFIX_CHECK_INTERVAL = 5.0  # how soon a new prefix on wan.prefix_from is followed
+PREFIX_CHECK_INTERVAL = 5.0  # the periodic look at wan.prefix_from, should a notification be lost
 
 
 class StartupError(RuntimeError):
@@ -153,6 +160,8 @@ class Daemon:
         self.prefix_changes = 0  # reloads that followed a new prefix on wan.prefix_from
         self.prefix_tried: IPv6Network | None = None  # a new prefix whose reload failed
         self.prefix_gone = False  # wan.prefix_from has no prefix (logged once)
+        self.address_events: AddressEvents | None = None  # wakes run() on address changes
+        self.address_events_failed = False
         self.services: list[Any] = []  # things with .close()/.stop() on shutdown
 
     # -- lifecycle ------------------------------------------------------------
@@ -384,8 +393,31 @@ class Daemon:
             if time.monotonic() >= next_prefix_check:
                 self._check_prefix()
                 next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
-            time.sleep(0.2)  # signals interrupt the sleep (PEP 475 resumes it after)
+            # Signals interrupt the wait (PEP 475 resumes it after).
+            events = self._address_events()
+            if events is None:
+                time.sleep(0.2)
+            elif select.select([events], [], [], 0.2)[0] and events.drain():
+                next_prefix_check = 0.0  # an address changed: look now
         return 0
+
+    def _address_events(self) -> AddressEvents | None:
+        """The address-change socket while ``wan.prefix_from`` is set (reloads may toggle it)."""
+        wanted = bool(self.cfg.wan.prefix_from)
+        if wanted and self.address_events is None and not self.address_events_failed:
+            try:
+                self.address_events = AddressEvents()
+            except OSError as exc:  # fall back to the periodic look alone
+                log.warning(
+                    "cannot watch address changes (%s); looking every %gs",
+                    exc,
+                    PREFIX_CHECK_INTERVAL,
+                )
+                self.address_events_failed = True
+        elif not wanted and self.address_events is not None:
+            self.address_events.close()
+            self.address_events = None
+        return self.address_events
 
     def _check_firewall(self) -> None:
         """Put the firewall back if something removed it.
@@ -625,6 +657,9 @@ class Daemon:
             except Exception as exc:
                 log.warning("stopping %r: %s", service, exc)
         self.services.clear()
+        if self.address_events is not None:
+            self.address_events.close()
+            self.address_events = None
         # Worker 0 last: it saves the leases all workers made.  When the last
         # queue fd closes the TUN goes away.
         for worker in reversed(self.workers):

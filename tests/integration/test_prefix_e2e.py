@@ -34,6 +34,20 @@ except LookupError as exc:
 """
 
 
+WATCH_ADDRESSES = """
+import select, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from publisher.prefix import AddressEvents
+events = AddressEvents()
+print(events.drain())
+subprocess.run(["ip", "-6", "addr", "add", "2001:db8:aa::1/64", "dev", "pd0", "nodad"], check=True)
+print(bool(select.select([events], [], [], 5)[0]) and events.drain())
+print(events.drain())
+subprocess.run(["ip", "-6", "addr", "del", "2001:db8:aa::1/64", "dev", "pd0"], check=True)
+print(bool(select.select([events], [], [], 5)[0]) and events.drain())
+"""
+
+
 def relative_config(d: DaemonLab, tmp: Path) -> dict[str, Any]:
     cfg = base_config(tmp, d.tun)
     cfg["wan"]["prefix_from"] = "pd0"
@@ -88,6 +102,14 @@ def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path)
     ns.run("ip -6 addr add 2001:db8:cc::1/64 dev pd0 nodad preferred_lft 60 valid_lft 900")
     out = ns.run([sys.executable, "-c", READ_PREFIX, str(ROOT)]).stdout.split("\n")
     assert out[:3] == ["2001:db8:bb::/64", "2001:db8:cc::/64", "no interface nope0"]
+
+
+def test_address_events_wake_on_ipv6_address_changes(lab: Lab) -> None:
+    """The socket the daemon waits on instead of sleeping: readable on add and on delete."""
+    ns = lab.netns("pev")
+    link_pd0(ns)
+    out = ns.run([sys.executable, "-c", WATCH_ADDRESSES, str(ROOT)]).stdout.split()
+    assert out == ["False", "True", "False", "True"]
 
 
 def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:
