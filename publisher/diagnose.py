@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
 from publisher.config import AllowRule, Config, Mapping
+from publisher.dns_check import CheckResult
 from publisher.firewall_nft import ForeignChain
 from publisher.snapshot import Snapshot
 from translator import Action, DropReason, Translator
@@ -43,6 +44,8 @@ __all__ = [
     "RouteLookup",
     "Simulation",
     "Traffic",
+    "build_translator",
+    "check_name",
     "cmd_diagnose",
     "findings",
     "gather",
@@ -57,6 +60,7 @@ __all__ = [
 DEFAULT_CLIENT = IPv6Address("2001:db8:ffff::1")
 PROBE_PORT = 40000  # the synthetic client's source port
 PROBE_PAYLOAD = b"revnat64 diagnose"
+DNS_LIFETIME = 3.0  # seconds for the one name lookup
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
 
 # linux/neighbour.h NUD_* states
@@ -293,6 +297,7 @@ class Facts:
     foreign_chains: list[ForeignChain] = field(default_factory=list)  # others' forward hooks
     status: Snapshot | None = None
     status_error: str = ""
+    dns: CheckResult | None = None  # the clients' resolver on the target's name; None: no name
 
 
 @dataclass(frozen=True)
@@ -317,6 +322,7 @@ def findings(cfg: Config, probe: Probe, facts: Facts, sim: Simulation | None) ->
     if not walk.mapping():
         return walk.out
     for step in (
+        walk.dns,
         walk.daemon,
         walk.forwarding,
         walk.route6,
@@ -380,6 +386,23 @@ class _Walk:
         span = f" (range {m.ipv6} -> {m.ipv4})" if m.is_range else ""
         self.say(OK, "mapping", f"{m.name}: {target} -> {self.probe.device}{span}")
         return True
+
+    def dns(self) -> None:
+        """What clients that use the name get: the packet only comes if DNS names the target."""
+        found = self.facts.dns
+        if found is None:
+            return
+        if found.state == "ok":
+            self.say(OK, "dns", f"{found}: clients that use the name find it")
+        elif found.state in ("missing", "stale"):
+            self.say(
+                WARN,
+                "dns",
+                f"{found}: clients that use the name do not reach {self.probe.target} "
+                "(`revnat64 dns --update`, or dns.update_on_change)",
+            )
+        else:
+            self.say(INFO, "dns", str(found))
 
     def daemon(self) -> None:
         snap, m = self.snap, self.m
@@ -844,6 +867,10 @@ def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
         except (FirewallError, OSError) as exc:
             facts.firewall_error = str(exc)
     try:
+        facts.dns = check_name(cfg, probe)
+    except OSError:
+        pass  # no network for the resolver: check_name's own errors are findings
+    try:
         facts.foreign_chains = foreign_forward_chains(cfg.translator.tun_device)
     except FirewallError:
         pass  # no nft here (iptables-legacy only): nothing of this kind to see
@@ -852,6 +879,32 @@ def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
     except (ControlError, ValueError) as exc:
         facts.status_error = str(exc)
     return facts
+
+
+def check_name(cfg: Config, probe: Probe) -> CheckResult | None:
+    """Ask the clients' resolver for the target's AAAA record (None: the config names none).
+
+    The same check as ``revnat64 dns --check``, for the one name, with a short
+    lifetime: a dead resolver must not stall the whole report.
+    """
+    from publisher.dns_check import check_records, make_resolver, resolver_lookup
+    from publisher.dns_records import RecordSet, build_records
+
+    if not cfg.dns.zone or probe.mapping is None:
+        return None
+    records = build_records(cfg)
+    name = probe.mapping.name
+    mine = tuple(
+        r
+        for r in records.records
+        if r.rtype == "AAAA" and r.mapping == name and IPv6Address(r.value) == probe.target
+    )
+    if not mine:
+        return None
+    resolver = make_resolver(cfg.dns.resolver)
+    resolver.lifetime = DNS_LIFETIME
+    subset = RecordSet(records.zone, records.ttl, mine)
+    return check_records(subset, resolver_lookup(resolver))[0]
 
 
 def build_translator(cfg: Config) -> Translator:

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from publisher.config import parse_config
+from publisher.diagnose import check_name, parse_probe
+from tests.dnsservers import ZONE, running_named
 from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
 from tests.netlab import CLIENT6, DEVICE6, ROUTER_LAN4, Lab, wait_for
 
@@ -170,3 +173,22 @@ def test_diagnose_finds_each_fault_in_a_real_router(lab: Lab, tmp_path: Path) ->
         assert bad.returncode == 2 and "neither an IPv6 address nor a mapping name" in bad.stderr
     finally:
         d.close()
+
+
+def test_diagnose_asks_a_real_bind_for_the_name(tmp_path: Path) -> None:
+    """The clients' resolver is asked for the target's name (named on loopback)."""
+    with running_named() as named:  # its zone has printer AAAA 2001:db8:200::99
+        found = {}
+        for name, ipv6 in (("printer", "::99"), ("printer", "::98"), ("camera", "::50")):
+            doc = base_config(tmp_path, "rn64dns")
+            doc["dns"] = {"zone": ZONE, "resolver": named.server}
+            doc["mappings"] = [{"name": name, "ipv6": f"2001:db8:200{ipv6}", "ipv4": "192.0.2.9"}]
+            cfg = parse_config(doc, "test.yaml")
+            result = check_name(cfg, parse_probe(cfg, name, "icmp", None))
+            assert result is not None and result.name == f"{name}.{ZONE}"
+            found[ipv6] = (result.state, result.found)
+        assert found == {
+            "::99": ("ok", ("2001:db8:200::99",)),
+            "::98": ("stale", ("2001:db8:200::99",)),
+            "::50": ("missing", ()),
+        }

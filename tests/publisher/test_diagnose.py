@@ -36,6 +36,7 @@ from publisher.diagnose import (
     simulate,
     watched,
 )
+from publisher.dns_check import CheckResult
 from publisher.firewall_nft import ForeignChain
 from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, proxy_ndp_sysctl
 from publisher.nlbatch import (
@@ -436,3 +437,27 @@ def test_other_tables_dropping_forwarded_traffic_are_warned_about() -> None:
     assert "never names nat64" in warned[0]
     last = render(probe, found).splitlines()[-1]
     assert last == "nothing on this router certainly stops it; see the 1 warning(s)"
+
+
+def test_dns_step_says_whether_the_name_leads_to_the_target() -> None:
+    cfg = config()
+    name = "frontdoor.home.example."
+    target = ("2001:db8:200::50",)
+    for result, level, words in [
+        (
+            CheckResult("cam", name, "AAAA", "ok", target, target),
+            OK,
+            "clients that use the name find it",
+        ),
+        (
+            CheckResult("cam", name, "AAAA", "stale", target, ("2001:db8:aa::50",)),
+            WARN,
+            "AAAA is 2001:db8:aa::50; expected 2001:db8:200::50: clients that use the name do not",
+        ),
+        (CheckResult("cam", name, "AAAA", "missing", target, ()), WARN, "has no AAAA record"),
+        (CheckResult("cam", name, "AAAA", "error", target, (), "timed out"), "info", "timed out"),
+    ]:
+        found = run(cfg, change(healthy(cfg), dns=result))
+        step = [(lvl, text) for lvl, st, text in found if st == "dns"]
+        assert len(step) == 1 and step[0][0] == level and words in step[0][1], step
+    assert not [f for f in run(cfg, healthy(cfg)) if f[1] == "dns"]  # no name: no step
