@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="then watch the mapping's counters this long while you send from the client, "
         "and say what happened to those packets (at most 3600)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output (the watch's progress on stderr)",
+    )
 
     p = add(
         "install-systemd",

@@ -21,13 +21,14 @@ facts); :func:`gather` is the I/O.
 from __future__ import annotations
 
 import argparse
+import json
 import struct
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, TextIO
 
 from publisher.config import AllowRule, Config, Mapping
 from publisher.dns_check import CheckResult
@@ -52,6 +53,7 @@ __all__ = [
     "parse_probe",
     "render",
     "simulate",
+    "to_json",
     "watch",
     "watched",
 ]
@@ -734,7 +736,13 @@ def _counts(items: Iterable[tuple[str, int]]) -> str:
     return ", ".join(f"{k} {v}" for k, v in items if v)
 
 
-def watch(cfg: Config, mapping: Mapping, seconds: float, interval: float = 1.0) -> list[Finding]:
+def watch(
+    cfg: Config,
+    mapping: Mapping,
+    seconds: float,
+    interval: float = 1.0,
+    stream: TextIO = sys.stdout,
+) -> list[Finding]:
     """Read the daemon's counters for ``seconds``, print each change, then conclude."""
     from publisher.control import ControlError, request
 
@@ -748,6 +756,7 @@ def watch(cfg: Config, mapping: Mapping, seconds: float, interval: float = 1.0) 
         return [Finding(FAIL, "watch", f"cannot read the daemon's counters: {exc}")]
     print(
         f"watching {mapping.name} for {seconds:.0f} s: send your packets now (Ctrl-C stops)",
+        file=stream,
         flush=True,
     )
     start = time.monotonic()
@@ -761,6 +770,7 @@ def watch(cfg: Config, mapping: Mapping, seconds: float, interval: float = 1.0) 
             if now != last:
                 print(
                     f"  +{time.monotonic() - start:4.1f}s  {now.since(first).describe()}",
+                    file=stream,
                     flush=True,
                 )
                 last = now
@@ -932,11 +942,33 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     sim = simulate(build_translator(cfg), probe) if probe.mapping is not None else None
     facts = gather(cfg, probe, sim)
     found = findings(cfg, probe, facts, sim)
-    sys.stdout.write(render(probe, found))
+    if not args.json:
+        sys.stdout.write(render(probe, found))
     if args.watch and probe.mapping is not None:
-        seen = watch(cfg, probe.mapping, args.watch)
-        width = max(len(f.step) for f in found)
-        for f in seen:
-            print(f"  {f.level:<4}  {f.step:<{width}}  {f.text}")
+        seen = watch(cfg, probe.mapping, args.watch, stream=sys.stderr if args.json else sys.stdout)
+        if not args.json:
+            width = max(len(f.step) for f in found)
+            for f in seen:
+                print(f"  {f.level:<4}  {f.step:<{width}}  {f.text}")
         found += seen
+    if args.json:
+        print(to_json(probe, found))
     return 1 if any(f.level == FAIL for f in found) else 0
+
+
+def to_json(probe: Probe, found: Sequence[Finding]) -> str:
+    """The report for scripts: the probe, every finding, and the first failure (or null)."""
+    failed = next((f for f in found if f.level == FAIL), None)
+    doc = {
+        "probe": {
+            "client": str(probe.client),
+            "target": str(probe.target),
+            "service": str(probe.service),
+            "mapping": probe.mapping.name if probe.mapping else None,
+            "device": str(probe.device) if probe.device else None,
+        },
+        "findings": [{"level": f.level.lower(), "step": f.step, "text": f.text} for f in found],
+        "stops_at": {"step": failed.step, "text": failed.text} if failed else None,
+        "warnings": sum(f.level == WARN for f in found),
+    }
+    return json.dumps(doc, indent=2)

@@ -6,6 +6,7 @@ the report says the packet stops, and mending it must clear the report.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -166,6 +167,24 @@ def test_diagnose_finds_each_fault_in_a_real_router(lab: Lab, tmp_path: Path) ->
         )
         d.router.run(f"ip -6 neigh del proxy {PRINTER6} dev wan0")
         assert stops_at(d, "printer", "--from", CLIENT6) == "proxy-ndp"
+
+        # The same report for scripts.
+        report = json.loads(diagnose(d, "printer", "--from", CLIENT6, "--json").stdout)
+        assert report["stops_at"]["step"] == "proxy-ndp"
+        assert report["probe"] == {
+            "client": CLIENT6,
+            "target": PRINTER6,
+            "service": "icmp",
+            "mapping": "printer",
+            "device": PRINTER4,
+        }
+        assert {f["level"] for f in report["findings"]} <= {"ok", "info", "warn", "fail"}
+        assert [f["step"] for f in report["findings"]][:4] == [
+            "mapping",
+            "daemon",
+            "forwarding",
+            "route6",
+        ]
 
         # Not published at all, and a bad command line.
         assert stops_at(d, "2001:db8:200::99") == "mapping"
