@@ -288,6 +288,18 @@ def _demo(lab: Lab, tmp: Path, keep: bool, started: float) -> int:
         )
         probe = client.run([sys.executable, "-c", code], check=False).stdout.strip()
         print(f"  tcp/22 (not in the allow list): {probe} by the firewall")
+        why = subprocess.run(
+            router.argv(
+                [sys.executable, "-m", "publisher.cli", "diagnose", "-c", str(config_path)]
+                + [cfg.mappings[0].name, "tcp/22", "--from", CLIENT6]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        verdict = (why.stdout.strip().splitlines() or [why.stderr.strip()])[-1]
+        print(f"  revnat64 diagnose {cfg.mappings[0].name} tcp/22: {verdict}")
 
     _step("The DNS record revnat64 would publish (revnat64 dns --format zone)")
     from publisher.dns_records import build_records, render
@@ -305,6 +317,8 @@ def _demo(lab: Lab, tmp: Path, keep: bool, started: float) -> int:
               ip netns exec {client.name} ping -6 -c 3 {DEVICE6}
               ip netns exec {router.name} ip -6 route show dev {tun}
               ip netns exec {router.name} nft list table inet revnat64
+              ip netns exec {router.name} revnat64 diagnose -c {config_path} \\
+                  {cfg.mappings[0].name} tcp/80 --from {CLIENT6}
               kill -HUP {daemon.pid}     # reload {config_path}
               revnat64 demo --cleanup   # remove the lab
             daemon log: {log_path}""")

@@ -37,6 +37,7 @@ def test_demo_publishes_the_camera_and_cleans_up() -> None:
     assert "frontdoor.cam.example.org.\t300\tIN\tAAAA\t2001:db8:200::50" in out
     assert "frontdoor-cam" in out.split("revnat64 status")[1]  # counters from the daemon
     assert "tcp/22 (not in the allow list): blocked by the firewall" in out
+    assert "revnat64 diagnose frontdoor-cam tcp/22: stops at firewall: tcp/22 is not in" in out
     assert "exited with status 0; TUN devices left behind: 0" in out
     assert elapsed < 60
     assert set(_demo_namespaces()) == before
