@@ -39,14 +39,9 @@ from typing import Any
 from publisher import sdnotify
 from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
 from publisher.logs import setup_logging
-from publisher.netlink import NetlinkError, NetlinkManager, atomic_write, plan
-from publisher.prefix import (
-    PLACEHOLDER,
-    PREFIX_STATE_FILE,
-    AddressEvents,
-    read_prefix,
-    remembered_text,
-)
+from publisher.netlink import NetlinkError, NetlinkManager, NetPlan, atomic_write, plan
+from publisher.nlevents import NetlinkEvents
+from publisher.prefix import PLACEHOLDER, PREFIX_STATE_FILE, read_prefix, remembered_text
 from publisher.snapshot import Snapshot
 from publisher.worker import (
     Plane,
@@ -62,6 +57,8 @@ from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
+NETWORK_REPAIR_INTERVAL = 60.0  # the proxy-entry check besides link events (a manual delete)
+FOLLOW_SPACING = 1.0  # at least this long between two follows of link/address events
 PREFIX_CHECK_INTERVAL = 5.0  # the periodic look at wan.prefix_from, should a notification be lost
 
 
@@ -160,8 +157,11 @@ class Daemon:
         self.prefix_changes = 0  # reloads that followed a new prefix on wan.prefix_from
         self.prefix_tried: IPv6Network | None = None  # a new prefix whose reload failed
         self.prefix_gone = False  # wan.prefix_from has no prefix (logged once)
-        self.address_events: AddressEvents | None = None  # wakes run() on address changes
-        self.address_events_failed = False
+        self.events: NetlinkEvents | None = None  # wakes run() on link and address changes
+        self.network_restored = 0  # proxy entries and sysctls found gone and put back
+        self.network_problem = ""  # the last repair failure (logged once)
+        # (config, on-link prefixes, the plan made of them): replanned only when they move
+        self.planned: tuple[Config, list[tuple[IPv6Network, str]], NetPlan] | None = None
         self.services: list[Any] = []  # things with .close()/.stop() on shutdown
 
     # -- lifecycle ------------------------------------------------------------
@@ -265,11 +265,19 @@ class Daemon:
             self.table_fd = -1
 
     def _apply_network(self, cfg: Config) -> None:
+        """Routes, proxy NDP and sysctls for ``cfg`` (start and reload; raises on failure)."""
         assert self.netlink is not None
-        desired = plan(cfg, self.netlink.onlink_prefixes())
+        onlink = self.netlink.onlink_prefixes()
+        desired = plan(cfg, onlink)
         for warning in desired.warnings:
             log.warning("%s", warning)
-        changes = self.netlink.apply(desired)
+        self._log_network_changes(self.netlink.apply(desired))
+        self.planned = (cfg, onlink, desired)
+        # apply() compares with what it recorded; a reload must also mend what the
+        # kernel dropped since (a WAN link flap flushes proxy entries).
+        self._mend_network(desired)
+
+    def _log_network_changes(self, changes: list[str]) -> None:
         # A few changes are worth a line each; ten thousand routes are worth one line.
         detail = log.info if len(changes) <= NETLINK_DETAIL_LINES else log.debug
         for change in changes:
@@ -337,6 +345,7 @@ class Daemon:
         snap.started_timestamp = self.started
         snap.firewall_state = self.firewall_state
         snap.firewall_reapplied = self.firewall_reapplied
+        snap.network_restored = self.network_restored
         snap.prefix_changes = self.prefix_changes
         if self.cfg.wan.prefix_from:
             snap.prefix_interface = self.cfg.wan.prefix_from
@@ -377,6 +386,9 @@ class Daemon:
         sdnotify.notify("READY=1", self.status_line())
         next_firewall_check = time.monotonic() + self.cfg.firewall.check_interval
         next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
+        next_repair = time.monotonic() + NETWORK_REPAIR_INTERVAL
+        last_follow = 0.0
+        self._open_events()
         while not self.stopping:
             if self.reload_requested:
                 self.reload_requested = False
@@ -393,31 +405,74 @@ class Daemon:
             if time.monotonic() >= next_prefix_check:
                 self._check_prefix()
                 next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL
+            if time.monotonic() >= next_repair:
+                self._follow_network()
+                last_follow = time.monotonic()
+                next_repair = last_follow + NETWORK_REPAIR_INTERVAL
             # Signals interrupt the wait (PEP 475 resumes it after).
-            events = self._address_events()
-            if events is None:
+            if self.events is None:
                 time.sleep(0.2)
-            elif select.select([events], [], [], 0.2)[0] and events.drain():
-                next_prefix_check = 0.0  # an address changed: look now
+            elif select.select([self.events], [], [], 0.2)[0]:
+                changes = self.events.drain()
+                if changes.addresses:
+                    next_prefix_check = 0.0  # a new prefix may have come: look now
+                if changes:  # on-link prefixes or links moved: proxy entries
+                    next_repair = min(next_repair, last_follow + FOLLOW_SPACING)
         return 0
 
-    def _address_events(self) -> AddressEvents | None:
-        """The address-change socket while ``wan.prefix_from`` is set (reloads may toggle it)."""
-        wanted = bool(self.cfg.wan.prefix_from)
-        if wanted and self.address_events is None and not self.address_events_failed:
-            try:
-                self.address_events = AddressEvents()
-            except OSError as exc:  # fall back to the periodic look alone
-                log.warning(
-                    "cannot watch address changes (%s); looking every %gs",
-                    exc,
-                    PREFIX_CHECK_INTERVAL,
-                )
-                self.address_events_failed = True
-        elif not wanted and self.address_events is not None:
-            self.address_events.close()
-            self.address_events = None
-        return self.address_events
+    def _open_events(self) -> None:
+        try:
+            self.events = NetlinkEvents()
+        except OSError as exc:  # the periodic checks alone, then
+            log.warning("cannot watch link and address changes (%s); checking periodically", exc)
+
+    def _follow_network(self) -> None:
+        """After a link or address change: the plan again, and what the kernel dropped.
+
+        The plan depends on which prefixes are on-link where, and those come
+        and go with the WAN (most network managers remove a link's addresses
+        when it goes down and add them when it is back).  So a link event can
+        move proxy entries; and a link that went down took its proxy entries
+        with it even when its addresses stayed.  Never raises: the daemon
+        keeps serving, and says once what it could not do.
+        """
+        if self.netlink is None:
+            return
+        try:
+            onlink = self.netlink.onlink_prefixes()
+            cfg, planned_onlink, desired = self.planned or (None, None, None)
+            if cfg is not self.cfg or planned_onlink != onlink or desired is None:
+                # Planning 10,000 mappings costs 0.1-0.3 s here: only when its input moved.
+                desired = plan(self.cfg, onlink)
+                self._log_network_changes(self.netlink.apply(desired))
+                self.planned = (self.cfg, onlink, desired)
+        except Exception as exc:
+            self._network_problem([str(exc)])
+            return
+        self._mend_network(desired)
+
+    def _mend_network(self, desired: NetPlan) -> None:
+        """Put back proxy NDP entries and sysctls of ``desired`` that the kernel dropped."""
+        assert self.netlink is not None
+        try:
+            restored, problems = self.netlink.repair(desired)
+        except Exception as exc:  # netlink failed: say so once, keep serving
+            restored, problems = [], [str(exc)]
+        if restored:
+            self.network_restored += len(restored)
+            log.warning(
+                "netlink: %d entr%s gone (a link went down or was recreated?); put back: %s",
+                len(restored),
+                "y was" if len(restored) == 1 else "ies were",
+                "; ".join(restored[:NETLINK_DETAIL_LINES]),
+            )
+        self._network_problem(problems)
+
+    def _network_problem(self, problems: list[str]) -> None:
+        problem = "; ".join(problems)
+        if problem and problem != self.network_problem:  # once per new problem
+            log.error("netlink: %s", problem)
+        self.network_problem = problem
 
     def _check_firewall(self) -> None:
         """Put the firewall back if something removed it.
@@ -657,9 +712,9 @@ class Daemon:
             except Exception as exc:
                 log.warning("stopping %r: %s", service, exc)
         self.services.clear()
-        if self.address_events is not None:
-            self.address_events.close()
-            self.address_events = None
+        if self.events is not None:
+            self.events.close()
+            self.events = None
         # Worker 0 last: it saves the leases all workers made.  When the last
         # queue fd closes the TUN goes away.
         for worker in reversed(self.workers):

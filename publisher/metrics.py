@@ -239,6 +239,14 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "Unix time of the last successful config load or reload.",
         value=snap.last_reload_timestamp,
     )
+    yield CounterMetricFamily(
+        "revnat64_network_restored",
+        "Proxy NDP entries and sysctls the kernel dropped behind the daemon's back (a link "
+        "going down flushes its proxy entries; a recreated interface starts with proxy_ndp "
+        "0) and the daemon put back. Until then the on-link mapped addresses were not "
+        "answered for.",
+        value=snap.network_restored,
+    )
     yield GaugeMetricFamily(
         "revnat64_mappings",
         "Mappings (published devices or ranges) in the running config.",

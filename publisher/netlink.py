@@ -306,7 +306,8 @@ class NetlinkManager:
         # Record intent before acting, so a crash in between is still undone.
         self.state.routes.update(add_routes)
         self.state.proxies.update(add_proxies)
-        self._save()
+        if add_routes or add_proxies:
+            self._save()
         self._add(add_routes, add_proxies, idx)
         changes.extend(f"route {route.dst} dev {self.tun_device}" for route in add_routes)
         changes.extend(f"proxy ndp {e.address} dev {e.interface}" for e in add_proxies)
@@ -318,8 +319,67 @@ class NetlinkManager:
         for path in [p for p in self.state.sysctl_originals if p not in wanted]:
             self._restore_sysctl(path)
             changes.append(f"restored sysctl {path}")
-        self._save()
+        if changes:  # the daemon calls this on every link change: spare a router's flash
+            self._save()
         return changes
+
+    def repair(self, desired: NetPlan) -> tuple[list[str], list[str]]:
+        """Put back what the kernel dropped behind our back: (what was restored, what failed).
+
+        A link going down flushes its proxy NDP entries, and an interface
+        created again (``ppp0`` after a PPPoE reconnect) starts with
+        ``proxy_ndp`` at 0.  :meth:`apply` compares with what it recorded,
+        not with the kernel, so it would never notice: this reads the proxy
+        table and the sysctls and restores what ``desired`` wants and we had
+        applied.  An interface that is not there yet is left for the next
+        call (its link coming up is the next event).
+        """
+        from publisher.nlbatch import dump_proxies
+
+        changes: list[str] = []
+        problems: list[str] = []
+        for path, value in desired.sysctls:
+            try:
+                current = read_sysctl(path)
+                if current != value:
+                    write_sysctl(path, value)
+                    changes.append(f"sysctl {path}={value} (was {current})")
+            except OSError:
+                continue  # the interface is gone for now
+        ours = self.state.proxies & desired.proxies
+        if not ours:
+            return changes, problems
+        ifindex = self._interfaces(p.interface for p in ours)
+        try:
+            present = set(dump_proxies())
+        except OSError as exc:
+            return changes, [f"reading the proxy NDP entries: {exc}"]
+        missing = sorted(
+            (
+                p
+                for p in ours
+                if p.interface in ifindex and (p.address, ifindex[p.interface]) not in present
+            ),
+            key=PROXY_ORDER,
+        )
+        if not missing:
+            return changes, problems
+        requests = [build_proxy("replace", p.address, ifindex[p.interface]) for p in missing]
+        try:
+            result = self.batch.run(requests)
+        except OSError as exc:
+            return changes, [f"restoring {len(missing)} proxy ndp entries: {exc}"]
+        refused = {f.index for f in result.failures}
+        changes.extend(
+            f"proxy ndp {p.address} dev {p.interface} (was gone)"
+            for i, p in enumerate(missing)
+            if i not in refused
+        )
+        problems.extend(
+            f"{self._describe('add', missing[f.index])}: {f.describe()}"
+            for f in result.failures[:ERRORS_SHOWN]
+        )
+        return changes, problems
 
     def _apply_features(self, wanted: tuple[tuple[str, str, str], ...]) -> list[str]:
         """Switch interface features on, remembering what they were; undo unwanted ones."""

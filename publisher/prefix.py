@@ -16,8 +16,6 @@ the kernel (netlink, through pyroute2).
 
 from __future__ import annotations
 
-import errno
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
@@ -171,46 +169,3 @@ def remembered(state_dir: str, ifname: str) -> IPv6Network | None:
     except (OSError, ValueError, UnicodeDecodeError):
         pass
     return None
-
-
-RTMGRP_IPV6_IFADDR = 0x100  # linux/rtnetlink.h: the IPv6 address notifications
-
-
-class AddressEvents:
-    """A netlink socket that turns readable when an IPv6 address is added, changed or removed.
-
-    The daemon selects on it instead of sleeping, so a new delegated prefix is
-    followed within a fraction of a second instead of at the next periodic
-    look.  It carries no state of its own: :meth:`drain` only says that
-    something changed, and the periodic look (:func:`read_prefix`) stays the
-    one source of truth, and the fallback when notifications were lost.
-    """
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0
-        )
-        try:
-            self.sock.bind((0, RTMGRP_IPV6_IFADDR))
-        except OSError:
-            self.sock.close()
-            raise
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def drain(self) -> bool:
-        """Read every queued notification; True when there was any (or some were lost)."""
-        changed = False
-        while True:
-            try:
-                self.sock.recv(65536)
-            except BlockingIOError:
-                return changed
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:  # ENOBUFS: the kernel dropped some; look anyway
-                    raise
-            changed = True
-
-    def close(self) -> None:
-        self.sock.close()

@@ -110,6 +110,8 @@ class Snapshot:
     started_timestamp: float = 0.0
     firewall_state: str = "disabled"  # "applied" | "disabled" | "error: ..."
     firewall_reapplied: int = 0  # times the daemon found its rules gone and put them back
+    # proxy NDP entries and sysctls the kernel dropped (a link went down) and the daemon put back
+    network_restored: int = 0
     # wan.prefix_from: the interface ("" without), the prefix the ::suffix addresses
     # are in ("" while the daemon waits for one), and the reloads that followed a
     # new prefix there
@@ -154,6 +156,7 @@ class Snapshot:
             "started_timestamp": self.started_timestamp,
             "firewall_state": self.firewall_state,
             "firewall_reapplied": self.firewall_reapplied,
+            "network_restored": self.network_restored,
             "prefix_interface": self.prefix_interface,
             "published_prefix": self.published_prefix,
             "prefix_changes": self.prefix_changes,
@@ -211,6 +214,7 @@ class Snapshot:
                 # Optional: a daemon one version older does not send them.
                 prefix=str(doc.get("prefix", "")),
                 firewall_reapplied=int(doc.get("firewall_reapplied", 0)),
+                network_restored=int(doc.get("network_restored", 0)),
                 prefix_interface=str(doc.get("prefix_interface", "")),
                 published_prefix=str(doc.get("published_prefix", "")),
                 prefix_changes=int(doc.get("prefix_changes", 0)),
@@ -275,6 +279,7 @@ class Snapshot:
             started_timestamp=head.started_timestamp,
             firewall_state=head.firewall_state,
             firewall_reapplied=head.firewall_reapplied,
+            network_restored=head.network_restored,
             prefix_interface=head.prefix_interface,
             published_prefix=head.published_prefix,
             prefix_changes=head.prefix_changes,

@@ -148,6 +148,11 @@ def render_status(snap: Snapshot, now: float) -> str:
     if snap.firewall_reapplied:
         firewall += f" (found gone and put back {snap.firewall_reapplied}x; see the log)"
     lines.append(f"firewall:      {firewall}")
+    if snap.network_restored:
+        lines.append(
+            f"network:       {snap.network_restored} proxy NDP entries or sysctls were gone "
+            "(a link went down?) and were put back; see the log"
+        )
     if snap.prefix_interface:
         n = snap.prefix_changes
         changes = f" (followed {n} change{'s' if n != 1 else ''})" if n else ""

@@ -37,14 +37,18 @@ except LookupError as exc:
 WATCH_ADDRESSES = """
 import select, subprocess, sys
 sys.path.insert(0, sys.argv[1])
-from publisher.prefix import AddressEvents
-events = AddressEvents()
+from publisher.nlevents import NetlinkEvents
+events = NetlinkEvents()
+def changes():
+    return events.drain() if select.select([events], [], [], 5)[0] else None
 print(events.drain())
 subprocess.run(["ip", "-6", "addr", "add", "2001:db8:aa::1/64", "dev", "pd0", "nodad"], check=True)
-print(bool(select.select([events], [], [], 5)[0]) and events.drain())
-print(events.drain())
+print(changes())
+print(bool(events.drain()))
 subprocess.run(["ip", "-6", "addr", "del", "2001:db8:aa::1/64", "dev", "pd0"], check=True)
-print(bool(select.select([events], [], [], 5)[0]) and events.drain())
+print(changes())
+subprocess.run(["ip", "link", "set", "pd0", "down"], check=True)
+print(changes())
 """
 
 
@@ -104,12 +108,16 @@ def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path)
     assert out[:3] == ["2001:db8:bb::/64", "2001:db8:cc::/64", "no interface nope0"]
 
 
-def test_address_events_wake_on_ipv6_address_changes(lab: Lab) -> None:
-    """The socket the daemon waits on instead of sleeping: readable on add and on delete."""
+def test_netlink_events_wake_on_address_and_link_changes(lab: Lab) -> None:
+    """The socket the daemon waits on instead of sleeping, and what it tells apart."""
     ns = lab.netns("pev")
     link_pd0(ns)
-    out = ns.run([sys.executable, "-c", WATCH_ADDRESSES, str(ROOT)]).stdout.split()
-    assert out == ["False", "True", "False", "True"]
+    out = ns.run([sys.executable, "-c", WATCH_ADDRESSES, str(ROOT)]).stdout.splitlines()
+    assert out[0] == "Changes(links=False, addresses=False)"
+    assert out[1] == "Changes(links=False, addresses=True)"  # added
+    assert out[2] == "False"  # nothing more queued
+    assert out[3] == "Changes(links=False, addresses=True)"  # deleted
+    assert out[4].startswith("Changes(links=True")  # the link went down
 
 
 def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:

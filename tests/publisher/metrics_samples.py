@@ -50,6 +50,7 @@ def sample_snapshot() -> Snapshot:
         started_timestamp=NOW - (2 * 86400 + 5 * 3600 + 7 * 60),
         firewall_state="applied",
         firewall_reapplied=1,
+        network_restored=3,
         prefix_interface="br-lan",
         published_prefix="2001:db8:200::/64",
         prefix_changes=2,

@@ -205,6 +205,7 @@ def test_snapshot_field_names_are_the_contract() -> None:
         "started_timestamp",
         "firewall_state",
         "firewall_reapplied",
+        "network_restored",
         "prefix_interface",
         "published_prefix",
         "prefix_changes",

@@ -1,0 +1,105 @@
+"""The daemon puts back what the kernel drops behind its back: proxy NDP after a WAN flap.
+
+A link going down flushes its proxy NDP entries (the kernel's neighbour table
+goes with the link), and most network managers remove and re-add the link's
+addresses too.  A mapped address that is on-link on the WAN (the single-/64
+ISP setup) then stops being answered for, silently, until something puts the
+entries back.  These tests flap the router's real WAN veth under the running
+daemon and ping the mapped address from the client after each repair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
+from tests.netlab import ROUTER_WAN6, Lab, wait_for
+
+ONLINK6 = "2001:db8:1::50"  # inside the WAN /64: the router must answer for it there
+
+
+def proxies(d: DaemonLab) -> str:
+    return d.router.run("ip -6 neigh show proxy").stdout
+
+
+def proxy_ndp(d: DaemonLab) -> str:
+    return d.router.run("sysctl -n net.ipv6.conf.wan0.proxy_ndp").stdout.strip()
+
+
+def pings(d: DaemonLab) -> bool:
+    d.client.run("ip -6 neigh flush dev wan0")  # ask the router again, no cached answer
+    out = d.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", ONLINK6], check=False)
+    return " 0 received" not in out.stdout and "received" in out.stdout
+
+
+def restored(d: DaemonLab) -> int:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "publisher.cli", "status", "--json", "-c", str(d.config_path)]
+    out = d.router.run(argv, env=env, cwd=str(ROOT)).stdout
+    return int(json.loads(out)["network_restored"])
+
+
+def flap_wan(d: DaemonLab) -> None:
+    d.router.run("ip link set wan0 down")
+    d.router.run("ip link set wan0 up")
+
+
+def test_proxy_entries_come_back_after_a_wan_link_flap(lab: Lab, tmp_path: Path) -> None:
+    d = DaemonLab(lab, tmp_path)
+    try:
+        cfg = base_config(tmp_path, d.tun)
+        cfg["mappings"][0]["ipv6"] = ONLINK6
+        d.write_config(cfg)
+        d.start()
+        assert f"{ONLINK6} dev wan0 proxy" in proxies(d)
+        assert pings(d)
+
+        # The usual case: the link flaps, its addresses go with it, and the
+        # network manager adds them back once it is up.
+        flap_wan(d)
+        assert proxies(d).strip() == ""  # what the kernel did
+        d.router.run(f"ip -6 addr replace {ROUTER_WAN6}/64 dev wan0 nodad")
+        wait_for(lambda: ONLINK6 in proxies(d), timeout=10, what="the proxy entry back")
+        assert pings(d)
+
+        # keep_addr_on_down: the address stays, only the entries go. Nothing but
+        # the link event says so.
+        d.router.sysctl("net.ipv6.conf.wan0.keep_addr_on_down", 1)
+        before = restored(d)
+        flap_wan(d)
+        wait_for(lambda: ONLINK6 in proxies(d), timeout=10, what="the proxy entry back")
+        assert pings(d)
+        assert restored(d) == before + 1
+        assert "gone (a link went down or was recreated?); put back" in d.logs()
+
+        # Removed by hand, with proxy_ndp switched off: a reload mends both.
+        d.router.run(f"ip -6 neigh del proxy {ONLINK6} dev wan0")
+        d.router.sysctl("net.ipv6.conf.wan0.proxy_ndp", 0)
+        d.reload()
+        assert ONLINK6 in proxies(d) and proxy_ndp(d) == "1"
+        assert pings(d)
+        assert restored(d) == before + 3
+    finally:
+        d.close()
+
+
+def test_an_address_that_comes_later_gets_its_proxy_entry(lab: Lab, tmp_path: Path) -> None:
+    """The WAN has no address when the daemon starts (DHCPv6 is slow): no reload needed."""
+    d = DaemonLab(lab, tmp_path)
+    try:
+        d.router.run(f"ip -6 addr del {ROUTER_WAN6}/64 dev wan0")
+        cfg = base_config(tmp_path, d.tun)
+        cfg["mappings"][0]["ipv6"] = ONLINK6
+        d.write_config(cfg)
+        d.start()
+        assert proxies(d).strip() == ""  # nothing is on-link yet
+        d.router.run(f"ip -6 addr add {ROUTER_WAN6}/64 dev wan0 nodad")
+        wait_for(lambda: ONLINK6 in proxies(d), timeout=10, what="the proxy entry")
+        assert proxy_ndp(d) == "1"
+        assert pings(d)
+        assert restored(d) == 0  # planned anew, not repaired
+    finally:
+        d.close()
