@@ -817,17 +817,10 @@ def _route(ipr: Any, names: dict[int, str], **query: Any) -> RouteLookup:
     try:
         answer = ipr.route("get", **query)[0]
     except Exception as exc:  # noqa: BLE001 - pyroute2 raises NetlinkError and OSError
-        return RouteLookup(error=str(getattr(exc, "args", [None, exc])[-1]))
+        # NetlinkError's args are (errno, text): the text is what to show.
+        return RouteLookup(error=str(exc.args[-1] if exc.args else exc))
     kind = ROUTE_TYPES.get(answer["type"], str(answer["type"]))
     return RouteLookup(names.get(answer.get_attr("RTA_OIF"), None), kind)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
@@ -838,7 +831,13 @@ def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
     from publisher.control import ControlError, request
     from publisher.firewall_common import FirewallError
     from publisher.firewall_nft import foreign_forward_chains
-    from publisher.netlink import IPV4_FORWARD, IPV6_FORWARD, onlink_prefixes, proxy_ndp_sysctl
+    from publisher.netlink import (
+        IPV4_FORWARD,
+        IPV6_FORWARD,
+        onlink_prefixes,
+        proxy_ndp_sysctl,
+        read_sysctl,
+    )
     from publisher.nlbatch import dump_proxies
 
     facts = Facts()
@@ -870,7 +869,11 @@ def gather(cfg: Config, probe: Probe, sim: Simulation | None) -> Facts:
     paths = [IPV6_FORWARD, IPV4_FORWARD] + [
         proxy_ndp_sysctl(name) for name in facts.links if name != "lo"
     ]
-    facts.sysctls = {p: _read(p) for p in paths}
+    for path in paths:
+        try:
+            facts.sysctls[path] = read_sysctl(path)
+        except OSError:
+            facts.sysctls[path] = ""  # unreadable: findings say so
     if cfg.firewall.enabled:
         try:
             facts.firewall_applied = firewall.is_applied(cfg)
