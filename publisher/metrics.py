@@ -243,8 +243,8 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "revnat64_network_restored",
         "Proxy NDP entries and sysctls the kernel dropped behind the daemon's back (a link "
         "going down flushes its proxy entries; a recreated interface starts with proxy_ndp "
-        "0) and the daemon put back. Until then the on-link mapped addresses were not "
-        "answered for.",
+        "0; a TUN set down loses its routes) and the daemon put back. Until then the "
+        "affected mapped addresses were not reachable.",
         value=snap.network_restored,
     )
     yield GaugeMetricFamily(

@@ -37,6 +37,7 @@ RTPROT_REVNAT64 = 164  # our routes carry this protocol number, so leftovers are
 PROXY_NDP_LIMIT = 1024  # per mapping; beyond that a routed prefix (or ndppd) is the answer
 IPV4_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 IPV6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
+IFF_UP = 0x1  # linux/if.h
 ERRORS_SHOWN = 5  # failed changes named in one error message
 EXISTS_HINT = " (a route to it that revnat64 did not make is in the way; remove it or the mapping)"
 
@@ -338,6 +339,7 @@ class NetlinkManager:
 
         changes: list[str] = []
         problems: list[str] = []
+        self._repair_tun(desired, changes, problems)
         for path, value in desired.sysctls:
             try:
                 current = read_sysctl(path)
@@ -380,6 +382,30 @@ class NetlinkManager:
             for f in result.failures[:ERRORS_SHOWN]
         )
         return changes, problems
+
+    def _repair_tun(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
+        """A TUN set down loses every route through it, and up again does not bring them back."""
+        idx = self.link_index(self.tun_device)
+        if idx is None:
+            return  # the worker's fds hold it; gone means the daemon is going down anyway
+        links = self.ipr.get_links(idx)
+        if not links or links[0]["flags"] & IFF_UP:
+            return
+        routes = sorted(self.state.routes & desired.routes, key=ROUTE_ORDER)
+        try:
+            self.ipr.link("set", index=idx, state="up")
+            result = self.batch.run(
+                [build_route("replace", r.dst, idx, RTPROT_REVNAT64) for r in routes]
+            )
+        except Exception as exc:
+            problems.append(f"bringing {self.tun_device} up again with its routes: {exc}")
+            return
+        back = len(routes) - len(result.failures)
+        changes.append(f"{self.tun_device} was down: set up, {back} routes put back")
+        problems.extend(
+            f"{self._describe('add', routes[f.index])}: {f.describe()}"
+            for f in result.failures[:ERRORS_SHOWN]
+        )
 
     def _apply_features(self, wanted: tuple[tuple[str, str, str], ...]) -> list[str]:
         """Switch interface features on, remembering what they were; undo unwanted ones."""

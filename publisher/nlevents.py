@@ -8,6 +8,8 @@ Two things the kernel changes behind the daemon's back need a prompt answer:
   back with ``proxy_ndp`` at 0.  A mapped address that is on-link on the WAN
   then stops being answered for, silently, until something puts the entries
   back (``NetlinkManager.repair``).
+* **A TUN set down loses every route through it**, and setting it up again
+  does not bring them back.
 * **A new delegated prefix** (``wan.prefix_from``) arrives as an address.
 
 :class:`NetlinkEvents` is a socket subscribed to both groups; the daemon

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
-from tests.netlab import ROUTER_WAN6, Lab, wait_for
+from tests.netlab import DEVICE6, ROUTER_WAN6, Lab, wait_for
 
 ONLINK6 = "2001:db8:1::50"  # inside the WAN /64: the router must answer for it there
 
@@ -101,5 +101,28 @@ def test_an_address_that_comes_later_gets_its_proxy_entry(lab: Lab, tmp_path: Pa
         assert proxy_ndp(d) == "1"
         assert pings(d)
         assert restored(d) == 0  # planned anew, not repaired
+    finally:
+        d.close()
+
+
+def test_a_tun_set_down_comes_back_up_with_its_routes(lab: Lab, tmp_path: Path) -> None:
+    """Down drops every route through the TUN, and up alone does not bring them back."""
+    d = DaemonLab(lab, tmp_path)
+    try:
+        d.start()
+        routes = d.router.run(f"ip -6 route show dev {d.tun}").stdout
+        assert f"{DEVICE6} " in routes
+        d.router.run(f"ip link set {d.tun} down")
+        wait_for(
+            lambda: f"{DEVICE6} " in d.router.run(f"ip -6 route show dev {d.tun}").stdout,
+            timeout=10,
+            what="the routes back",
+        )
+        assert d.router.run(f"ip -6 route show dev {d.tun}").stdout == routes
+        assert d.router.run(f"ip route show dev {d.tun}").stdout.strip()  # pool4, IPv4 side
+        out = d.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", DEVICE6], check=False)
+        assert "2 received" in out.stdout
+        assert restored(d) == 1
+        assert "was down: set up, " in d.logs()
     finally:
         d.close()
