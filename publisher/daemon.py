@@ -346,6 +346,7 @@ class Daemon:
         snap.firewall_state = self.firewall_state
         snap.firewall_reapplied = self.firewall_reapplied
         snap.network_restored = self.network_restored
+        snap.network_problem = self.network_problem
         snap.prefix_changes = self.prefix_changes
         if self.cfg.wan.prefix_from:
             snap.prefix_interface = self.cfg.wan.prefix_from

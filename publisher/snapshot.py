@@ -112,6 +112,7 @@ class Snapshot:
     firewall_reapplied: int = 0  # times the daemon found its rules gone and put them back
     # proxy NDP entries and sysctls the kernel dropped (a link went down) and the daemon put back
     network_restored: int = 0
+    network_problem: str = ""  # what the last repair could not do ("" when all is well)
     # wan.prefix_from: the interface ("" without), the prefix the ::suffix addresses
     # are in ("" while the daemon waits for one), and the reloads that followed a
     # new prefix there
@@ -157,6 +158,7 @@ class Snapshot:
             "firewall_state": self.firewall_state,
             "firewall_reapplied": self.firewall_reapplied,
             "network_restored": self.network_restored,
+            "network_problem": self.network_problem,
             "prefix_interface": self.prefix_interface,
             "published_prefix": self.published_prefix,
             "prefix_changes": self.prefix_changes,
@@ -215,6 +217,7 @@ class Snapshot:
                 prefix=str(doc.get("prefix", "")),
                 firewall_reapplied=int(doc.get("firewall_reapplied", 0)),
                 network_restored=int(doc.get("network_restored", 0)),
+                network_problem=str(doc.get("network_problem", "")),
                 prefix_interface=str(doc.get("prefix_interface", "")),
                 published_prefix=str(doc.get("published_prefix", "")),
                 prefix_changes=int(doc.get("prefix_changes", 0)),
@@ -280,6 +283,7 @@ class Snapshot:
             firewall_state=head.firewall_state,
             firewall_reapplied=head.firewall_reapplied,
             network_restored=head.network_restored,
+            network_problem=head.network_problem,
             prefix_interface=head.prefix_interface,
             published_prefix=head.published_prefix,
             prefix_changes=head.prefix_changes,

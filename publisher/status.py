@@ -148,6 +148,8 @@ def render_status(snap: Snapshot, now: float) -> str:
     if snap.firewall_reapplied:
         firewall += f" (found gone and put back {snap.firewall_reapplied}x; see the log)"
     lines.append(f"firewall:      {firewall}")
+    if snap.network_problem:
+        lines.append(f"network:       problem: {snap.network_problem}")
     if snap.network_restored:
         lines.append(
             f"network:       {snap.network_restored} proxy NDP entries or sysctls were gone "

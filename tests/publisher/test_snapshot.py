@@ -206,6 +206,7 @@ def test_snapshot_field_names_are_the_contract() -> None:
         "firewall_state",
         "firewall_reapplied",
         "network_restored",
+        "network_problem",
         "prefix_interface",
         "published_prefix",
         "prefix_changes",

@@ -159,3 +159,10 @@ def test_no_prefix_row_without_a_prefix_or_its_traffic() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(0.0, "0.00s"), (12.345, "12.3s"), (200, "3m 20s")])
 def test_format_cpu(seconds: float, text: str) -> None:
     assert format_cpu(seconds) == text
+
+
+def test_a_network_problem_is_shown() -> None:
+    snap = Snapshot(network_problem="add proxy ndp 2001:db8:1::50 dev ppp0: No such device")
+    text = render_status(snap, NOW)
+    assert "network:       problem: add proxy ndp 2001:db8:1::50 dev ppp0: No such device\n" in text
+    assert Snapshot.from_json(snap.to_json()).network_problem == snap.network_problem
