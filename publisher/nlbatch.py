@@ -66,6 +66,7 @@ NUD_PERMANENT = 0x80
 NTF_PROXY = 0x08
 AF_INET = 2
 AF_INET6 = 10
+ADDRESS_LEN = {AF_INET: 4, AF_INET6: 16}
 
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 NLMSGERR = struct.Struct("=i")  # follows the header of an NLMSG_ERROR
@@ -223,8 +224,8 @@ def parse_neighbours(data: bytes) -> tuple[list[tuple[str, int]], bool]:
                 attr_len, kind = RTATTR.unpack_from(data, start)
                 if attr_len < RTATTR.size:
                     break
-                if kind == NDA_DST:
-                    packed = data[start + RTATTR.size : start + attr_len]
+                packed = data[start + RTATTR.size : start + attr_len]
+                if kind == NDA_DST and len(packed) == ADDRESS_LEN.get(family):
                     found.append((socket.inet_ntop(family, packed), ifindex))
                 start += (attr_len + 3) & ~3
         offset += (length + 3) & ~3

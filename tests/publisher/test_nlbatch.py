@@ -7,14 +7,19 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyroute2 import IPBatch
 
 from publisher.nlbatch import (
+    NDMSG,
     NLM_F_ACK_TLVS,
     NLM_F_CAPPED,
     NLMSG_ERROR,
     NLMSGHDR,
+    RTM_NEWNEIGH,
     Failure,
+    _attr,
     build_message,
     build_proxy,
     build_route,
@@ -102,3 +107,53 @@ def test_parse_acks_skips_other_messages_and_stops_at_truncation() -> None:
 def test_failure_describes_errno_and_kernel_text() -> None:
     assert Failure(0, errno.EEXIST, "").describe() == "File exists"
     assert Failure(0, errno.EEXIST, "Route exists").describe() == "File exists (Route exists)"
+
+
+# Netlink messages with real headers around random bodies, some lengths wrong on purpose.
+messages = st.lists(
+    st.tuples(
+        st.sampled_from([2, 3, 16, 17, 20, 21, 24, 28, 29, 0xFFFF]),  # error, done, link, ...
+        st.binary(max_size=64),
+        st.integers(min_value=-8, max_value=8),  # how far the length field lies
+    ),
+    max_size=6,
+)
+
+
+def frame(items: list[tuple[int, bytes, int]]) -> bytes:
+    out = b""
+    for msg_type, body, lie in items:
+        length = max(0, NLMSGHDR.size + len(body) + lie)
+        out += NLMSGHDR.pack(length, msg_type, 0, 1, 0) + body + b"\0" * (-len(body) % 4)
+    return out
+
+
+# Neighbour messages as a dump carries them, with a random family and address attribute.
+neighbours = st.lists(
+    st.builds(
+        lambda family, attr: (
+            RTM_NEWNEIGH,
+            NDMSG.pack(family, 2, 0x80, 0x08, 0) + _attr(1, attr),
+            0,
+        ),
+        st.sampled_from([0, 2, 10, 255]),
+        st.binary(max_size=20),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(st.one_of(st.binary(max_size=512), messages.map(frame), neighbours.map(frame)))
+@settings(max_examples=1000)
+def test_netlink_parsers_take_any_bytes(data: bytes) -> None:
+    """Whatever a socket hands over, the parsers return or (for a dump error) raise OSError."""
+    from publisher.nlbatch import parse_neighbours
+    from publisher.nlevents import classify
+
+    parse_acks(data)
+    classify(data)
+    try:
+        parse_neighbours(data)
+    except OSError:
+        pass
