@@ -39,7 +39,14 @@ from typing import Any
 from publisher import sdnotify
 from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
 from publisher.logs import setup_logging
-from publisher.netlink import NetlinkError, NetlinkManager, NetPlan, atomic_write, plan
+from publisher.netlink import (
+    RTPROT_REVNAT64,
+    NetlinkError,
+    NetlinkManager,
+    NetPlan,
+    atomic_write,
+    plan,
+)
 from publisher.nlevents import NetlinkEvents
 from publisher.prefix import PLACEHOLDER, PREFIX_STATE_FILE, read_prefix, remembered_text
 from publisher.snapshot import Snapshot
@@ -417,13 +424,13 @@ class Daemon:
                 changes = self.events.drain()
                 if changes.addresses:
                     next_prefix_check = 0.0  # a new prefix may have come: look now
-                if changes:  # on-link prefixes or links moved: proxy entries
+                if changes:  # links, on-link prefixes or our routes moved
                     next_repair = min(next_repair, last_follow + FOLLOW_SPACING)
         return 0
 
     def _open_events(self) -> None:
         try:
-            self.events = NetlinkEvents()
+            self.events = NetlinkEvents(RTPROT_REVNAT64)
         except OSError as exc:  # the periodic checks alone, then
             log.warning("cannot watch link and address changes (%s); checking periodically", exc)
 

@@ -243,7 +243,8 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "revnat64_network_restored",
         "Proxy NDP entries and sysctls the kernel dropped behind the daemon's back (a link "
         "going down flushes its proxy entries; a recreated interface starts with proxy_ndp "
-        "0; a TUN set down loses its routes) and the daemon put back. Until then the "
+        "0; a TUN set down loses its routes; someone deletes a route of ours) and the "
+        "daemon put back. Until then the "
         "affected mapped addresses were not reachable.",
         value=snap.network_restored,
     )

@@ -339,7 +339,8 @@ class NetlinkManager:
 
         changes: list[str] = []
         problems: list[str] = []
-        self._repair_tun(desired, changes, problems)
+        if self._repair_tun(desired, changes, problems):
+            self._repair_routes(desired, changes, problems)
         for path, value in desired.sysctls:
             try:
                 current = read_sysctl(path)
@@ -383,14 +384,17 @@ class NetlinkManager:
         )
         return changes, problems
 
-    def _repair_tun(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
-        """A TUN set down loses every route through it, and up again does not bring them back."""
+    def _repair_tun(self, desired: NetPlan, changes: list[str], problems: list[str]) -> bool:
+        """A TUN set down loses every route through it, and up again does not bring them back.
+
+        True when the TUN was up all along (its routes are then checked one by one).
+        """
         idx = self.link_index(self.tun_device)
         if idx is None:
-            return  # the worker's fds hold it; gone means the daemon is going down anyway
+            return False  # the worker's fds hold it; gone means the daemon is going down
         links = self.ipr.get_links(idx)
         if not links or links[0]["flags"] & IFF_UP:
-            return
+            return bool(links)
         routes = sorted(self.state.routes & desired.routes, key=ROUTE_ORDER)
         try:
             self.ipr.link("set", index=idx, state="up")
@@ -399,11 +403,49 @@ class NetlinkManager:
             )
         except Exception as exc:
             problems.append(f"bringing {self.tun_device} up again with its routes: {exc}")
-            return
+            return False
         back = len(routes) - len(result.failures)
         changes.append(f"{self.tun_device} was down: set up, {back} routes put back")
         problems.extend(
             f"{self._describe('add', routes[f.index])}: {f.describe()}"
+            for f in result.failures[:ERRORS_SHOWN]
+        )
+        return False
+
+    def _repair_routes(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
+        """Put back routes of ours that someone deleted (``ip route del``, a flush)."""
+        from publisher.nlbatch import dump_routes
+
+        ours = self.state.routes & desired.routes
+        if not ours:
+            return
+        try:
+            present = set(dump_routes(RTPROT_REVNAT64))
+        except OSError as exc:
+            problems.append(f"reading the routes: {exc}")
+            return
+        missing = [r for r in ours if r.dst not in present]
+        if missing:  # the kernel's spelling may differ from ipaddress's: compare as networks
+            canonical = {str(ip_network(dst)) for dst in present}
+            missing = sorted((r for r in missing if r.dst not in canonical), key=ROUTE_ORDER)
+        idx = self.link_index(self.tun_device)
+        if not missing or idx is None:
+            return
+        try:
+            result = self.batch.run(
+                [build_route("replace", r.dst, idx, RTPROT_REVNAT64) for r in missing]
+            )
+        except OSError as exc:
+            problems.append(f"restoring {len(missing)} routes dev {self.tun_device}: {exc}")
+            return
+        refused = {f.index for f in result.failures}
+        changes.extend(
+            f"route {r.dst} dev {self.tun_device} (was gone)"
+            for i, r in enumerate(missing)
+            if i not in refused
+        )
+        problems.extend(
+            f"{self._describe('add', missing[f.index])}: {f.describe()}"
             for f in result.failures[:ERRORS_SHOWN]
         )
 

@@ -29,8 +29,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 # linux/netlink.h
 NETLINK_ROUTE = 0
@@ -52,10 +53,12 @@ NLMSGERR_ATTR_MSG = 1
 # linux/rtnetlink.h, linux/neighbour.h
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
+RTM_GETROUTE = 26
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
 RTM_GETNEIGH = 30
 RTA_DST = 1
+RTA_TABLE = 15
 RTA_OIF = 4
 NDA_DST = 1
 RT_TABLE_MAIN = 254
@@ -64,6 +67,7 @@ RTN_UNSPEC = 0
 RTN_UNICAST = 1
 NUD_PERMANENT = 0x80
 NTF_PROXY = 0x08
+AF_UNSPEC = 0
 AF_INET = 2
 AF_INET6 = 10
 ADDRESS_LEN = {AF_INET: 4, AF_INET6: 16}
@@ -74,6 +78,8 @@ RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol
 NDMSG = struct.Struct("=BxxxiHBB")  # family, pad, ifindex, state, flags, type
 RTATTR = struct.Struct("=HH")  # length, type
 U32 = struct.Struct("=I")
+
+T = TypeVar("T")
 
 CHUNK = 256  # requests per datagram; their answers must fit the receive buffer
 SOCKET_BUFFER = 1 << 20
@@ -199,6 +205,36 @@ def _ext_ack_message(data: bytes, offset: int, length: int, flags: int) -> str:
     return ""
 
 
+def messages(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type, body start, body end) of each whole message in one netlink datagram."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, msg_type = NLMSGHDR.unpack_from(data, offset)[:2]
+        if length < NLMSGHDR.size or offset + length > len(data):
+            return
+        yield msg_type, offset + NLMSGHDR.size, offset + length
+        offset += (length + 3) & ~3
+
+
+def attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each rtattr between ``start`` and ``end``."""
+    while start + RTATTR.size <= end:
+        attr_len, kind = RTATTR.unpack_from(data, start)
+        if attr_len < RTATTR.size or start + attr_len > end:
+            return
+        yield kind, data[start + RTATTR.size : start + attr_len]
+        start += (attr_len + 3) & ~3
+
+
+def _dump_status(msg_type: int, data: bytes, start: int, end: int) -> bool:
+    """True at the dump's NLMSG_DONE; a refused dump (NLMSG_ERROR) raises its errno."""
+    if msg_type == NLMSG_ERROR and end - start >= NLMSGERR.size:
+        (code,) = NLMSGERR.unpack_from(data, start)
+        if code:
+            raise OSError(-code, os.strerror(-code))
+    return msg_type == NLMSG_DONE
+
+
 def parse_neighbours(data: bytes) -> tuple[list[tuple[str, int]], bool]:
     """The (address, ifindex) of the RTM_NEWNEIGH messages in one dump datagram.
 
@@ -206,30 +242,60 @@ def parse_neighbours(data: bytes) -> tuple[list[tuple[str, int]], bool]:
     NLMSG_ERROR (a dump the kernel refused) raises ``OSError`` with its errno.
     """
     found: list[tuple[str, int]] = []
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, msg_type, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size or offset + length > len(data):
-            break
-        if msg_type == NLMSG_DONE:
+    for msg_type, start, end in messages(data):
+        if _dump_status(msg_type, data, start, end):
             return found, True
-        if msg_type == NLMSG_ERROR and length >= NLMSGHDR.size + NLMSGERR.size:
-            (code,) = NLMSGERR.unpack_from(data, offset + NLMSGHDR.size)
-            if code:
-                raise OSError(-code, os.strerror(-code))
-        elif msg_type == RTM_NEWNEIGH and length >= NLMSGHDR.size + NDMSG.size:
-            family, ifindex, _state, _flags, _type = NDMSG.unpack_from(data, offset + NLMSGHDR.size)
-            start, end = offset + NLMSGHDR.size + NDMSG.size, offset + length
-            while start + RTATTR.size <= end:
-                attr_len, kind = RTATTR.unpack_from(data, start)
-                if attr_len < RTATTR.size:
-                    break
-                packed = data[start + RTATTR.size : start + attr_len]
-                if kind == NDA_DST and len(packed) == ADDRESS_LEN.get(family):
-                    found.append((socket.inet_ntop(family, packed), ifindex))
-                start += (attr_len + 3) & ~3
-        offset += (length + 3) & ~3
+        if msg_type != RTM_NEWNEIGH or end - start < NDMSG.size:
+            continue
+        family, ifindex = NDMSG.unpack_from(data, start)[:2]
+        for kind, packed in attributes(data, start + NDMSG.size, end):
+            if kind == NDA_DST and len(packed) == ADDRESS_LEN.get(family):
+                found.append((socket.inet_ntop(family, packed), ifindex))
     return found, False
+
+
+def route_destination(data: bytes, start: int, end: int, protocol: int) -> str | None:
+    """``address/length`` of a route message body in the main table with ``protocol``, else None."""
+    if end - start < RTMSG.size:
+        return None
+    family, dst_len, _src, _tos, table, proto = RTMSG.unpack_from(data, start)[:6]
+    if proto != protocol:
+        return None
+    dst = None
+    for kind, value in attributes(data, start + RTMSG.size, end):
+        if kind == RTA_TABLE and len(value) == U32.size:
+            (table,) = U32.unpack(value)
+        elif kind == RTA_DST and len(value) == ADDRESS_LEN.get(family):
+            dst = socket.inet_ntop(family, value)
+    if table != RT_TABLE_MAIN or dst is None:
+        return None
+    return f"{dst}/{dst_len}"
+
+
+def parse_routes(data: bytes, protocol: int) -> tuple[list[str], bool]:
+    """Destinations of the main-table routes with ``protocol`` in one dump datagram; done flag."""
+    found: list[str] = []
+    for msg_type, start, end in messages(data):
+        if _dump_status(msg_type, data, start, end):
+            return found, True
+        if msg_type == RTM_NEWROUTE:
+            dst = route_destination(data, start, end, protocol)
+            if dst is not None:
+                found.append(dst)
+    return found, False
+
+
+def _dump(request: Request, parse: Callable[[bytes], tuple[list[T], bool]]) -> list[T]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        sock.settimeout(ANSWER_TIMEOUT)
+        sock.send(build_message(request, 1))
+        found: list[T] = []
+        done = False
+        while not done:
+            entries, done = parse(sock.recv(65536))
+            found.extend(entries)
+    return found
 
 
 def dump_proxies(family: int = AF_INET6) -> list[tuple[str, int]]:
@@ -238,18 +304,18 @@ def dump_proxies(family: int = AF_INET6) -> list[tuple[str, int]]:
     pyroute2 0.9 leaves out the request flag that selects the proxy table, so
     this asks the kernel directly: one RTM_GETNEIGH dump with NTF_PROXY set.
     """
-    request = Request(
-        RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, NDMSG.pack(family, 0, 0, NTF_PROXY, 0)
-    )
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
-        sock.settimeout(ANSWER_TIMEOUT)
-        sock.send(build_message(request, 1))
-        found: list[tuple[str, int]] = []
-        done = False
-        while not done:
-            entries, done = parse_neighbours(sock.recv(65536))
-            found.extend(entries)
-    return found
+    body = NDMSG.pack(family, 0, 0, NTF_PROXY, 0)
+    return _dump(Request(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, body), parse_neighbours)
+
+
+def dump_routes(protocol: int) -> list[str]:
+    """``address/length`` of every main-table route (both families) with ``protocol``.
+
+    Raw rather than pyroute2, which spends about 180 us parsing each of 10,000 routes.
+    """
+    body = RTMSG.pack(AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+    request = Request(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, body)
+    return _dump(request, lambda data: parse_routes(data, protocol))
 
 
 class RtnlBatch:

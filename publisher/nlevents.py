@@ -1,6 +1,6 @@
-"""Netlink notifications that wake the supervisor: links and IPv6 addresses changing.
+"""Netlink notifications that wake the supervisor: links, IPv6 addresses and our routes.
 
-Two things the kernel changes behind the daemon's back need a prompt answer:
+What the kernel changes behind the daemon's back needs a prompt answer:
 
 * **A link going down flushes its proxy NDP entries** (the kernel's
   ``neigh_ifdown`` takes the proxy table with it), and an interface that is
@@ -10,71 +10,97 @@ Two things the kernel changes behind the daemon's back need a prompt answer:
   back (``NetlinkManager.repair``).
 * **A TUN set down loses every route through it**, and setting it up again
   does not bring them back.
+* **A route of ours deleted by someone else** (``ip route flush``, a script)
+  takes its mapping off the air.
 * **A new delegated prefix** (``wan.prefix_from``) arrives as an address.
 
-:class:`NetlinkEvents` is a socket subscribed to both groups; the daemon
-selects on it instead of sleeping.  It keeps no state: :meth:`drain` only
-says which kind of thing changed, and the daemon's checks read the truth
-from the kernel.  Lost notifications (``ENOBUFS``) count as both kinds.
-:func:`classify` is pure.
+:class:`NetlinkEvents` is a socket subscribed to those groups; the daemon
+selects on it instead of sleeping.  It keeps no state: :meth:`drain` says
+what kind of thing changed (and which of our routes went), and the daemon's
+checks read the truth from the kernel.  When the kernel drops notifications
+(``ENOBUFS``) everything counts as changed.  :func:`classify` is pure.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-import struct
 from dataclasses import dataclass
+
+from publisher.nlbatch import messages, route_destination
 
 __all__ = ["Changes", "NetlinkEvents", "classify"]
 
 # linux/rtnetlink.h
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
-_NLMSGHDR = struct.Struct("=IHHII")
+RTM_DELROUTE = 25
+GROUPS = RTMGRP_LINK | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
 
 
 @dataclass(frozen=True)
 class Changes:
-    """What the drained notifications were about."""
+    """What the drained notifications were about.
+
+    ``routes_deleted`` holds the destinations (``address/length``) of deleted
+    main-table routes with our protocol number; the daemon puts back those it
+    did not delete itself.  ``lost``: the kernel dropped notifications, so
+    anything may have changed.
+    """
 
     links: bool = False
     addresses: bool = False
+    routes_deleted: frozenset[str] = frozenset()
+    lost: bool = False
 
     def __or__(self, other: Changes) -> Changes:
-        return Changes(self.links or other.links, self.addresses or other.addresses)
+        return Changes(
+            self.links or other.links,
+            self.addresses or other.addresses,
+            self.routes_deleted | other.routes_deleted,
+            self.lost or other.lost,
+        )
 
     def __bool__(self) -> bool:
-        return self.links or self.addresses
+        return self.links or self.addresses or bool(self.routes_deleted) or self.lost
 
 
-EVERYTHING = Changes(links=True, addresses=True)
+LOST = Changes(links=True, addresses=True, lost=True)
 
 
-def classify(data: bytes) -> Changes:
-    """The kinds of change in one datagram of notifications; pure."""
+def classify(data: bytes, protocol: int = -1) -> Changes:
+    """The kinds of change in one datagram of notifications; pure.
+
+    Route deletions count only for routes with ``protocol`` (ours); a
+    route added, by us or anyone, is not a change worth waking for.
+    """
     links = addresses = False
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type = _NLMSGHDR.unpack_from(data, offset)[:2]
-        if length < _NLMSGHDR.size:
-            break
+    deleted: set[str] = set()
+    for msg_type, start, end in messages(data):
         links = links or msg_type in (RTM_NEWLINK, RTM_DELLINK)
         addresses = addresses or msg_type in (RTM_NEWADDR, RTM_DELADDR)
-        offset += (length + 3) & ~3
-    return Changes(links, addresses)
+        if msg_type == RTM_DELROUTE:
+            dst = route_destination(data, start, end, protocol)
+            if dst is not None:
+                deleted.add(dst)
+    return Changes(links, addresses, frozenset(deleted))
 
 
 class NetlinkEvents:
     """A non-blocking netlink socket that turns readable when a link or IPv6 address changes."""
 
-    def __init__(self, groups: int = RTMGRP_LINK | RTMGRP_IPV6_IFADDR) -> None:
+    def __init__(self, protocol: int = -1, groups: int = GROUPS) -> None:
+        self.protocol = protocol  # whose deleted routes to report (the daemon's own)
         self.sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0
         )
         try:
+            # Starting with 10,000 mappings announces 10,000 routes: room for them all.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
             self.sock.bind((0, groups))
         except OSError:
             self.sock.close()
@@ -94,9 +120,9 @@ class NetlinkEvents:
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                seen = EVERYTHING  # the kernel dropped some: assume the worst, look at all
+                seen = seen | LOST  # the kernel dropped some: assume the worst, look at all
                 continue
-            seen = seen | classify(data)
+            seen = seen | classify(data, self.protocol)
 
     def close(self) -> None:
         self.sock.close()

@@ -126,10 +126,12 @@ def test_diagnose_finds_each_fault_in_a_real_router(lab: Lab, tmp_path: Path) ->
         assert stops_at(d, *camera) == "forwarding"
         d.router.sysctl("net.ipv6.conf.all.forwarding", 1)
 
-        # The route into the TUN removed.
-        d.router.run(f"ip -6 route del {DEVICE6}/128 dev {d.tun}")
+        # A policy rule that sends the target elsewhere (a deleted route of ours
+        # the daemon puts back at once: test_network_repair_e2e.py).
+        d.router.run(f"ip -6 route add unreachable {DEVICE6}/128 table 100")
+        d.router.run(f"ip -6 rule add to {DEVICE6}/128 lookup 100 pref 100")
         assert stops_at(d, *camera) == "route6"
-        d.router.run(f"ip -6 route add {DEVICE6}/128 dev {d.tun} proto 164")
+        d.router.run(f"ip -6 rule del to {DEVICE6}/128 lookup 100 pref 100")
         assert stops_at(d, *camera) == ""
 
         # The firewall table flushed (the watchdog is off here): the rules are gone.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
@@ -124,5 +125,47 @@ def test_a_tun_set_down_comes_back_up_with_its_routes(lab: Lab, tmp_path: Path) 
         assert "2 received" in out.stdout
         assert restored(d) == 1
         assert "was down: set up, " in d.logs()
+    finally:
+        d.close()
+
+
+def test_routes_deleted_by_hand_come_back_and_removed_mappings_stay_removed(
+    lab: Lab, tmp_path: Path
+) -> None:
+    d = DaemonLab(lab, tmp_path)
+    try:
+        cfg = base_config(tmp_path, d.tun)
+        cfg["mappings"].append({"name": "nas", "ipv6": "2001:db8:200::51", "ipv4": "192.0.2.51"})
+        d.write_config(cfg)
+        d.start()
+
+        def tun_routes() -> str:
+            return d.router.run(f"ip -6 route show dev {d.tun}").stdout
+
+        d.router.run(f"ip -6 route del {DEVICE6}/128 dev {d.tun}")
+        wait_for(lambda: f"{DEVICE6} " in tun_routes(), timeout=10, what="the route back")
+        d.router.run("ip route flush proto 164")  # every IPv4 route of ours: pool4
+        wait_for(
+            lambda: d.router.run(f"ip route show dev {d.tun}").stdout.strip(),
+            timeout=10,
+            what="the pool4 route back",
+        )
+        out = d.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", DEVICE6], check=False)
+        assert "2 received" in out.stdout
+        assert restored(d) == 2
+        assert f"route {DEVICE6}/128 dev {d.tun} (was gone)" in d.logs()
+
+        # The daemon's own deletions are not repairs: a removed mapping stays removed.
+        cfg["mappings"].pop()
+        d.write_config(cfg)
+        d.reload()
+        assert "2001:db8:200::51 " not in tun_routes()
+        d.router.run(f"ip link set {d.tun} mtu 1400")  # a link event: the daemon looks again
+        d.router.run(f"ip link set {d.tun} mtu 1500")
+        deadline = time.monotonic() + 2.5  # two rounds of FOLLOW_SPACING, bounded
+        while time.monotonic() < deadline:
+            assert "2001:db8:200::51 " not in tun_routes()
+            time.sleep(0.2)
+        assert restored(d) == 2
     finally:
         d.close()
