@@ -20,16 +20,16 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from publisher.config import Config
 from publisher.ethtool import GRO_FORWARDING_FEATURES, EthtoolError, read_features, set_feature
-from publisher.nlbatch import MISSING, RtnlBatch, build_proxy, build_route
+from publisher.nlbatch import MISSING, Request, RtnlBatch, build_proxy, build_route
 
 log = logging.getLogger("revnat64.netlink")
 
@@ -60,6 +60,8 @@ class ProxyEntry:
     address: str
     interface: str
 
+
+Restorable = TypeVar("Restorable", "Route", "ProxyEntry")
 
 # Sort keys: the dataclasses' own ordering compares through generated methods,
 # several times slower on 10,000 objects.
@@ -327,16 +329,14 @@ class NetlinkManager:
     def repair(self, desired: NetPlan) -> tuple[list[str], list[str]]:
         """Put back what the kernel dropped behind our back: (what was restored, what failed).
 
-        A link going down flushes its proxy NDP entries, and an interface
-        created again (``ppp0`` after a PPPoE reconnect) starts with
-        ``proxy_ndp`` at 0.  :meth:`apply` compares with what it recorded,
-        not with the kernel, so it would never notice: this reads the proxy
-        table and the sysctls and restores what ``desired`` wants and we had
-        applied.  An interface that is not there yet is left for the next
-        call (its link coming up is the next event).
+        :meth:`apply` compares with what it recorded, not with the kernel, so
+        it never notices what others undo: a TUN set down (its routes go with
+        it), a route of ours deleted, proxy NDP entries flushed by a link going
+        down, ``proxy_ndp`` at 0 on an interface created again (``ppp0`` after a
+        PPPoE reconnect).  This reads the kernel and restores what ``desired``
+        wants and we had applied.  An interface that is not there yet is left
+        for the next call (its link coming up is the next event).
         """
-        from publisher.nlbatch import dump_proxies
-
         changes: list[str] = []
         problems: list[str] = []
         if self._repair_tun(desired, changes, problems):
@@ -349,39 +349,7 @@ class NetlinkManager:
                     changes.append(f"sysctl {path}={value} (was {current})")
             except OSError:
                 continue  # the interface is gone for now
-        ours = self.state.proxies & desired.proxies
-        if not ours:
-            return changes, problems
-        ifindex = self._interfaces(p.interface for p in ours)
-        try:
-            present = set(dump_proxies())
-        except OSError as exc:
-            return changes, [f"reading the proxy NDP entries: {exc}"]
-        missing = sorted(
-            (
-                p
-                for p in ours
-                if p.interface in ifindex and (p.address, ifindex[p.interface]) not in present
-            ),
-            key=PROXY_ORDER,
-        )
-        if not missing:
-            return changes, problems
-        requests = [build_proxy("replace", p.address, ifindex[p.interface]) for p in missing]
-        try:
-            result = self.batch.run(requests)
-        except OSError as exc:
-            return changes, [f"restoring {len(missing)} proxy ndp entries: {exc}"]
-        refused = {f.index for f in result.failures}
-        changes.extend(
-            f"proxy ndp {p.address} dev {p.interface} (was gone)"
-            for i, p in enumerate(missing)
-            if i not in refused
-        )
-        problems.extend(
-            f"{self._describe('add', missing[f.index])}: {f.describe()}"
-            for f in result.failures[:ERRORS_SHOWN]
-        )
+        self._repair_proxies(desired, changes, problems)
         return changes, problems
 
     def _repair_tun(self, desired: NetPlan, changes: list[str], problems: list[str]) -> bool:
@@ -398,18 +366,11 @@ class NetlinkManager:
         routes = sorted(self.state.routes & desired.routes, key=ROUTE_ORDER)
         try:
             self.ipr.link("set", index=idx, state="up")
-            result = self.batch.run(
-                [build_route("replace", r.dst, idx, RTPROT_REVNAT64) for r in routes]
-            )
         except Exception as exc:
-            problems.append(f"bringing {self.tun_device} up again with its routes: {exc}")
+            problems.append(f"setting {self.tun_device} up again: {exc}")
             return False
-        back = len(routes) - len(result.failures)
-        changes.append(f"{self.tun_device} was down: set up, {back} routes put back")
-        problems.extend(
-            f"{self._describe('add', routes[f.index])}: {f.describe()}"
-            for f in result.failures[:ERRORS_SHOWN]
-        )
+        back = self._put_back(routes, self._route_requests(routes, idx), problems)
+        changes.append(f"{self.tun_device} was down: set up, {len(back)} routes put back")
         return False
 
     def _repair_routes(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
@@ -417,7 +378,8 @@ class NetlinkManager:
         from publisher.nlbatch import dump_routes
 
         ours = self.state.routes & desired.routes
-        if not ours:
+        idx = self.link_index(self.tun_device)
+        if not ours or idx is None:
             return
         try:
             present = set(dump_routes(RTPROT_REVNAT64))
@@ -428,26 +390,56 @@ class NetlinkManager:
         if missing:  # the kernel's spelling may differ from ipaddress's: compare as networks
             canonical = {str(ip_network(dst)) for dst in present}
             missing = sorted((r for r in missing if r.dst not in canonical), key=ROUTE_ORDER)
-        idx = self.link_index(self.tun_device)
-        if not missing or idx is None:
+        back = self._put_back(missing, self._route_requests(missing, idx), problems)
+        changes.extend(f"route {r.dst} dev {self.tun_device} (was gone)" for r in back)
+
+    def _repair_proxies(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
+        """Put back proxy NDP entries the kernel flushed (their link went down)."""
+        from publisher.nlbatch import dump_proxies
+
+        ours = self.state.proxies & desired.proxies
+        if not ours:
             return
+        ifindex = self._interfaces(p.interface for p in ours)
         try:
-            result = self.batch.run(
-                [build_route("replace", r.dst, idx, RTPROT_REVNAT64) for r in missing]
-            )
+            present = set(dump_proxies())
         except OSError as exc:
-            problems.append(f"restoring {len(missing)} routes dev {self.tun_device}: {exc}")
+            problems.append(f"reading the proxy NDP entries: {exc}")
             return
-        refused = {f.index for f in result.failures}
-        changes.extend(
-            f"route {r.dst} dev {self.tun_device} (was gone)"
-            for i, r in enumerate(missing)
-            if i not in refused
+        missing = sorted(
+            (
+                p
+                for p in ours
+                if p.interface in ifindex and (p.address, ifindex[p.interface]) not in present
+            ),
+            key=PROXY_ORDER,
         )
+        requests = [build_proxy("replace", p.address, ifindex[p.interface]) for p in missing]
+        back = self._put_back(missing, requests, problems)
+        changes.extend(f"proxy ndp {p.address} dev {p.interface} (was gone)" for p in back)
+
+    def _put_back(
+        self, objects: Sequence[Restorable], requests: list[Request], problems: list[str]
+    ) -> list[Restorable]:
+        """Send ``requests`` (one per object) in one batch; the objects the kernel took.
+
+        What it refused is noted in ``problems``."""
+        if not objects:
+            return []
+        try:
+            result = self.batch.run(requests)
+        except OSError as exc:
+            problems.append(f"restoring {len(objects)} routes or proxy entries: {exc}")
+            return []
+        refused = {f.index for f in result.failures}
         problems.extend(
-            f"{self._describe('add', missing[f.index])}: {f.describe()}"
+            f"{self._describe('add', objects[f.index])}: {f.describe()}"
             for f in result.failures[:ERRORS_SHOWN]
         )
+        return [o for i, o in enumerate(objects) if i not in refused]
+
+    def _route_requests(self, routes: Iterable[Route], idx: int) -> list[Request]:
+        return [build_route("replace", r.dst, idx, RTPROT_REVNAT64) for r in routes]
 
     def _apply_features(self, wanted: tuple[tuple[str, str, str], ...]) -> list[str]:
         """Switch interface features on, remembering what they were; undo unwanted ones."""
