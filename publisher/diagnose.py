@@ -647,6 +647,15 @@ class _Walk:
         dropped = _counts(sorted(snap.dropped.items()))
         if dropped:
             self.say(INFO, "counters", f"translator drops (all mappings): {dropped}")
+        if snap.network_restored:
+            self.say(
+                INFO,
+                "counters",
+                f"the daemon has put back {snap.network_restored} route(s), proxy entries or "
+                "sysctls that went missing since it started (link flaps?); see its log",
+            )
+        if snap.network_problem:
+            self.say(FAIL, "counters", f"the daemon cannot put back: {snap.network_problem}")
 
 
 @dataclass(frozen=True)

@@ -461,3 +461,20 @@ def test_dns_step_says_whether_the_name_leads_to_the_target() -> None:
         step = [(lvl, text) for lvl, st, text in found if st == "dns"]
         assert len(step) == 1 and step[0][0] == level and words in step[0][1], step
     assert not [f for f in run(cfg, healthy(cfg)) if f[1] == "dns"]  # no name: no step
+
+
+def test_network_repairs_and_problems_are_reported() -> None:
+    cfg = config()
+    facts = healthy(cfg)
+    assert facts.status is not None
+    facts.status.network_restored = 2
+    found = run(cfg, facts)
+    assert any("put back 2 route(s), proxy entries or sysctls" in text for _, _, text in found)
+    assert failures(found) == []
+    facts.status.network_problem = "add proxy ndp 2001:db8:1::50 dev ppp0: No such device"
+    assert failures(run(cfg, facts)) == [
+        (
+            "counters",
+            "the daemon cannot put back: add proxy ndp 2001:db8:1::50 dev ppp0: No such device",
+        )
+    ]
