@@ -43,7 +43,7 @@ from publisher.netlink import (
     RTPROT_REVNAT64,
     NetlinkError,
     NetlinkManager,
-    NetPlan,
+    Sysctls,
     atomic_write,
     plan,
 )
@@ -167,8 +167,8 @@ class Daemon:
         self.events: NetlinkEvents | None = None  # wakes run() on link and address changes
         self.network_restored = 0  # proxy entries and sysctls found gone and put back
         self.network_problem = ""  # the last repair failure (logged once)
-        # (config, on-link prefixes, the plan made of them): replanned only when they move
-        self.planned: tuple[Config, list[tuple[IPv6Network, str]], NetPlan] | None = None
+        # (config, on-link prefixes, the plan's sysctls): replanned only when the first two move
+        self.planned: tuple[Config, list[tuple[IPv6Network, str]], Sysctls] | None = None
         self.services: list[Any] = []  # things with .close()/.stop() on shutdown
 
     # -- lifecycle ------------------------------------------------------------
@@ -279,10 +279,10 @@ class Daemon:
         for warning in desired.warnings:
             log.warning("%s", warning)
         self._log_network_changes(self.netlink.apply(desired))
-        self.planned = (cfg, onlink, desired)
+        self.planned = (cfg, onlink, desired.sysctls)
         # apply() compares with what it recorded; a reload must also mend what the
         # kernel dropped since (a WAN link flap flushes proxy entries).
-        self._mend_network(desired)
+        self._mend_network(desired.sysctls)
 
     def _log_network_changes(self, changes: list[str]) -> None:
         # A few changes are worth a line each; ten thousand routes are worth one line.
@@ -448,22 +448,23 @@ class Daemon:
             return
         try:
             onlink = self.netlink.onlink_prefixes()
-            cfg, planned_onlink, desired = self.planned or (None, None, None)
-            if cfg is not self.cfg or planned_onlink != onlink or desired is None:
+            cfg, planned_onlink, sysctls = self.planned or (None, None, ())
+            if cfg is not self.cfg or planned_onlink != onlink:
                 # Planning 10,000 mappings costs 0.1-0.3 s here: only when its input moved.
                 desired = plan(self.cfg, onlink)
                 self._log_network_changes(self.netlink.apply(desired))
-                self.planned = (self.cfg, onlink, desired)
+                sysctls = desired.sysctls
+                self.planned = (self.cfg, onlink, sysctls)
         except Exception as exc:
             self._network_problem([str(exc)])
             return
-        self._mend_network(desired)
+        self._mend_network(sysctls)
 
-    def _mend_network(self, desired: NetPlan) -> None:
-        """Put back proxy NDP entries and sysctls of ``desired`` that the kernel dropped."""
+    def _mend_network(self, sysctls: Sysctls) -> None:
+        """Put back what the kernel dropped of the last apply, and the plan's ``sysctls``."""
         assert self.netlink is not None
         try:
-            restored, problems = self.netlink.repair(desired)
+            restored, problems = self.netlink.repair(sysctls)
         except Exception as exc:  # netlink failed: say so once, keep serving
             restored, problems = [], [str(exc)]
         if restored:

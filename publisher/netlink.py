@@ -69,11 +69,14 @@ ROUTE_ORDER = attrgetter("dst")
 PROXY_ORDER = attrgetter("address", "interface")
 
 
+Sysctls = tuple[tuple[str, str], ...]  # (path, value), in order
+
+
 @dataclass(frozen=True)
 class NetPlan:
     routes: frozenset[Route]
     proxies: frozenset[ProxyEntry]
-    sysctls: tuple[tuple[str, str], ...]  # (path, value), in order
+    sysctls: Sysctls
     warnings: tuple[str, ...] = ()
     features: tuple[tuple[str, str, str], ...] = ()  # (interface, ethtool feature, "on"/"off")
 
@@ -326,22 +329,24 @@ class NetlinkManager:
             self._save()
         return changes
 
-    def repair(self, desired: NetPlan) -> tuple[list[str], list[str]]:
+    def repair(self, sysctls: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
         """Put back what the kernel dropped behind our back: (what was restored, what failed).
 
         :meth:`apply` compares with what it recorded, not with the kernel, so
         it never notices what others undo: a TUN set down (its routes go with
         it), a route of ours deleted, proxy NDP entries flushed by a link going
         down, ``proxy_ndp`` at 0 on an interface created again (``ppp0`` after a
-        PPPoE reconnect).  This reads the kernel and restores what ``desired``
-        wants and we had applied.  An interface that is not there yet is left
-        for the next call (its link coming up is the next event).
+        PPPoE reconnect).  This reads the kernel and restores what the last
+        :meth:`apply` put there (its recorded state, so no plan needs keeping:
+        10,000 routes are megabytes) and the plan's ``sysctls``.  An interface
+        that is not there yet is left for the next call (its link coming up is
+        the next event).
         """
         changes: list[str] = []
         problems: list[str] = []
-        if self._repair_tun(desired, changes, problems):
-            self._repair_routes(desired, changes, problems)
-        for path, value in desired.sysctls:
+        if self._repair_tun(changes, problems):
+            self._repair_routes(changes, problems)
+        for path, value in sysctls:
             try:
                 current = read_sysctl(path)
                 if current != value:
@@ -349,10 +354,10 @@ class NetlinkManager:
                     changes.append(f"sysctl {path}={value} (was {current})")
             except OSError:
                 continue  # the interface is gone for now
-        self._repair_proxies(desired, changes, problems)
+        self._repair_proxies(changes, problems)
         return changes, problems
 
-    def _repair_tun(self, desired: NetPlan, changes: list[str], problems: list[str]) -> bool:
+    def _repair_tun(self, changes: list[str], problems: list[str]) -> bool:
         """A TUN set down loses every route through it, and up again does not bring them back.
 
         True when the TUN was up all along (its routes are then checked one by one).
@@ -363,7 +368,7 @@ class NetlinkManager:
         links = self.ipr.get_links(idx)
         if not links or links[0]["flags"] & IFF_UP:
             return bool(links)
-        routes = sorted(self.state.routes & desired.routes, key=ROUTE_ORDER)
+        routes = sorted(self.state.routes, key=ROUTE_ORDER)
         try:
             self.ipr.link("set", index=idx, state="up")
         except Exception as exc:
@@ -373,11 +378,11 @@ class NetlinkManager:
         changes.append(f"{self.tun_device} was down: set up, {len(back)} routes put back")
         return False
 
-    def _repair_routes(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
+    def _repair_routes(self, changes: list[str], problems: list[str]) -> None:
         """Put back routes of ours that someone deleted (``ip route del``, a flush)."""
         from publisher.nlbatch import dump_routes
 
-        ours = self.state.routes & desired.routes
+        ours = self.state.routes
         idx = self.link_index(self.tun_device)
         if not ours or idx is None:
             return
@@ -393,11 +398,11 @@ class NetlinkManager:
         back = self._put_back(missing, self._route_requests(missing, idx), problems)
         changes.extend(f"route {r.dst} dev {self.tun_device} (was gone)" for r in back)
 
-    def _repair_proxies(self, desired: NetPlan, changes: list[str], problems: list[str]) -> None:
+    def _repair_proxies(self, changes: list[str], problems: list[str]) -> None:
         """Put back proxy NDP entries the kernel flushed (their link went down)."""
         from publisher.nlbatch import dump_proxies
 
-        ours = self.state.proxies & desired.proxies
+        ours = self.state.proxies
         if not ours:
             return
         ifindex = self._interfaces(p.interface for p in ours)
