@@ -64,7 +64,7 @@ from translator.tun import describe_offloads, open_tun
 
 log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
-NETWORK_REPAIR_INTERVAL = 60.0  # the proxy-entry check besides link events (a manual delete)
+NETWORK_REPAIR_INTERVAL = 60.0  # the look at routes, proxy entries, sysctls between events
 FOLLOW_SPACING = 1.0  # at least this long between two follows of link/address events
 PREFIX_CHECK_INTERVAL = 5.0  # the periodic look at wan.prefix_from, should a notification be lost
 
@@ -165,7 +165,7 @@ class Daemon:
         self.prefix_tried: IPv6Network | None = None  # a new prefix whose reload failed
         self.prefix_gone = False  # wan.prefix_from has no prefix (logged once)
         self.events: NetlinkEvents | None = None  # wakes run() on link and address changes
-        self.network_restored = 0  # proxy entries and sysctls found gone and put back
+        self.network_restored = 0  # routes, proxy entries and sysctls found gone and put back
         self.network_problem = ""  # the last repair failure (logged once)
         # (config, on-link prefixes, the plan's sysctls): replanned only when the first two move
         self.planned: tuple[Config, list[tuple[IPv6Network, str]], Sysctls] | None = None
@@ -440,9 +440,10 @@ class Daemon:
         The plan depends on which prefixes are on-link where, and those come
         and go with the WAN (most network managers remove a link's addresses
         when it goes down and add them when it is back).  So a link event can
-        move proxy entries; and a link that went down took its proxy entries
-        with it even when its addresses stayed.  Never raises: the daemon
-        keeps serving, and says once what it could not do.
+        move proxy entries; a link that went down took its proxy entries with
+        it even when its addresses stayed; a TUN set down or someone's ``ip
+        route del`` took routes (:meth:`NetlinkManager.repair`).  Never raises:
+        the daemon keeps serving, and says once what it could not do.
         """
         if self.netlink is None:
             return
@@ -470,7 +471,8 @@ class Daemon:
         if restored:
             self.network_restored += len(restored)
             log.warning(
-                "netlink: %d entr%s gone (a link went down or was recreated?); put back: %s",
+                "netlink: %d entr%s gone behind our back (a link down or recreated, a "
+                "route deleted?); put back: %s",
                 len(restored),
                 "y was" if len(restored) == 1 else "ies were",
                 "; ".join(restored[:NETLINK_DETAIL_LINES]),

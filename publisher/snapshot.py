@@ -110,7 +110,8 @@ class Snapshot:
     started_timestamp: float = 0.0
     firewall_state: str = "disabled"  # "applied" | "disabled" | "error: ..."
     firewall_reapplied: int = 0  # times the daemon found its rules gone and put them back
-    # proxy NDP entries and sysctls the kernel dropped (a link went down) and the daemon put back
+    # routes, proxy NDP entries and sysctls the kernel dropped (a link went down, a route was
+    # deleted) and the daemon put back
     network_restored: int = 0
     network_problem: str = ""  # what the last repair could not do ("" when all is well)
     # wan.prefix_from: the interface ("" without), the prefix the ::suffix addresses

@@ -152,8 +152,8 @@ def render_status(snap: Snapshot, now: float) -> str:
         lines.append(f"network:       problem: {snap.network_problem}")
     if snap.network_restored:
         lines.append(
-            f"network:       {snap.network_restored} proxy NDP entries or sysctls were gone "
-            "(a link went down?) and were put back; see the log"
+            f"network:       {snap.network_restored} routes, proxy NDP entries or sysctls were "
+            "gone behind the daemon's back and were put back; see the log"
         )
     if snap.prefix_interface:
         n = snap.prefix_changes

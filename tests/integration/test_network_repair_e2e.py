@@ -74,7 +74,7 @@ def test_proxy_entries_come_back_after_a_wan_link_flap(lab: Lab, tmp_path: Path)
         wait_for(lambda: ONLINK6 in proxies(d), timeout=10, what="the proxy entry back")
         assert pings(d)
         assert restored(d) == before + 1
-        assert "gone (a link went down or was recreated?); put back" in d.logs()
+        assert "gone behind our back (a link down or recreated, a route deleted?)" in d.logs()
 
         # Removed by hand, with proxy_ndp switched off: a reload mends both.
         d.router.run(f"ip -6 neigh del proxy {ONLINK6} dev wan0")
