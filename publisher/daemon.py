@@ -421,7 +421,13 @@ class Daemon:
             if self.events is None:
                 time.sleep(0.2)
             elif select.select([self.events], [], [], 0.2)[0]:
-                changes = self.events.drain()
+                try:
+                    changes = self.events.drain()
+                except OSError as exc:  # never seen; the periodic checks carry on alone
+                    log.error("netlink notifications failed (%s); checking periodically", exc)
+                    self.events.close()
+                    self.events = None
+                    continue
                 if changes.addresses:
                     next_prefix_check = 0.0  # a new prefix may have come: look now
                 if changes:  # links, on-link prefixes or our routes moved
