@@ -30,6 +30,28 @@ HANDLERS = {
 }
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that takes options between positionals.
+
+    ``revnat64 diagnose camera --from 2001:db8:1::2 tcp/80`` would otherwise
+    stop at ``tcp/80``: plain argparse fills optional positionals before the
+    first option and refuses what comes after.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="revnat64",
@@ -37,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "through a stateless NAT64 (SIIT) translator.",
     )
     parser.add_argument("--version", action="version", version=f"revnat64 {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_IntermixedParser)
     sub.required = True
 
     def add(name: str, help_text: str, config: bool = True) -> argparse.ArgumentParser:

@@ -478,3 +478,10 @@ def test_network_repairs_and_problems_are_reported() -> None:
             "the daemon cannot put back: add proxy ndp 2001:db8:1::50 dev ppp0: No such device",
         )
     ]
+
+
+def test_options_may_come_between_the_positionals() -> None:
+    from publisher.cli import build_parser
+
+    args = build_parser().parse_args(["diagnose", "cam", "--from", CLIENT, "tcp/80", "--json"])
+    assert (args.target, args.service, args.source, args.json) == ("cam", "tcp/80", CLIENT, True)
