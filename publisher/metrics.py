@@ -249,6 +249,12 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         value=snap.network_restored,
     )
     yield GaugeMetricFamily(
+        "revnat64_network_repair_failing",
+        "1 while the daemon cannot put back routes, proxy NDP entries or sysctls that went "
+        "missing (revnat64 status and the log say what); 0 otherwise.",
+        value=1 if snap.network_problem else 0,
+    )
+    yield GaugeMetricFamily(
         "revnat64_mappings",
         "Mappings (published devices or ranges) in the running config.",
         value=len(snap.mappings),

@@ -72,6 +72,7 @@ EXPECTED_SAMPLE = {
     series("revnat64_firewall_dropped_bytes_total", mapping="lab-range"): 420,
     series("revnat64_firewall_reapplied_total"): 1,
     series("revnat64_network_restored_total"): 3,
+    series("revnat64_network_repair_failing"): 0,
     series("revnat64_published_prefix_info", prefix="2001:db8:200::/64", interface="br-lan"): 1,
     series("revnat64_prefix_changes_total"): 2,
     series("revnat64_reloads_total", result="success"): 3,
