@@ -358,25 +358,26 @@ class NetlinkManager:
         return changes, problems
 
     def _repair_tun(self, changes: list[str], problems: list[str]) -> bool:
-        """A TUN set down loses every route through it, and up again does not bring them back.
+        """Set the TUN up again if someone set it down; False when it cannot carry routes.
 
-        True when the TUN was up all along (its routes are then checked one by one).
+        Down drops every route through it, and up does not bring them back:
+        :meth:`_repair_routes` does that next.
         """
         idx = self.link_index(self.tun_device)
         if idx is None:
             return False  # the worker's fds hold it; gone means the daemon is going down
         links = self.ipr.get_links(idx)
-        if not links or links[0]["flags"] & IFF_UP:
-            return bool(links)
-        routes = sorted(self.state.routes, key=ROUTE_ORDER)
+        if not links:
+            return False
+        if links[0]["flags"] & IFF_UP:
+            return True
         try:
             self.ipr.link("set", index=idx, state="up")
         except Exception as exc:
             problems.append(f"setting {self.tun_device} up again: {exc}")
             return False
-        back = self._put_back(routes, self._route_requests(routes, idx), problems)
-        changes.append(f"{self.tun_device} was down: set up, {len(back)} routes put back")
-        return False
+        changes.append(f"{self.tun_device} was down: set up")
+        return True
 
     def _repair_routes(self, changes: list[str], problems: list[str]) -> None:
         """Put back routes of ours that someone deleted (``ip route del``, a flush)."""
@@ -439,12 +440,14 @@ class NetlinkManager:
         refused = {f.index for f in result.failures}
         problems.extend(
             f"{self._describe('add', objects[f.index])}: {f.describe()}"
+            + (EXISTS_HINT if f.error == errno.EEXIST else "")
             for f in result.failures[:ERRORS_SHOWN]
         )
         return [o for i, o in enumerate(objects) if i not in refused]
 
     def _route_requests(self, routes: Iterable[Route], idx: int) -> list[Request]:
-        return [build_route("replace", r.dst, idx, RTPROT_REVNAT64) for r in routes]
+        # "add", as at start: a route someone else put there since is theirs to keep.
+        return [build_route("add", r.dst, idx, RTPROT_REVNAT64) for r in routes]
 
     def _apply_features(self, wanted: tuple[tuple[str, str, str], ...]) -> list[str]:
         """Switch interface features on, remembering what they were; undo unwanted ones."""

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
 from tests.netlab import DEVICE6, ROUTER_WAN6, Lab, wait_for
@@ -36,11 +37,14 @@ def pings(d: DaemonLab) -> bool:
     return " 0 received" not in out.stdout and "received" in out.stdout
 
 
-def restored(d: DaemonLab) -> int:
+def status(d: DaemonLab) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     argv = [sys.executable, "-m", "publisher.cli", "status", "--json", "-c", str(d.config_path)]
-    out = d.router.run(argv, env=env, cwd=str(ROOT)).stdout
-    return int(json.loads(out)["network_restored"])
+    return json.loads(d.router.run(argv, env=env, cwd=str(ROOT)).stdout)  # type: ignore[no-any-return]
+
+
+def restored(d: DaemonLab) -> int:
+    return int(status(d)["network_restored"])
 
 
 def flap_wan(d: DaemonLab) -> None:
@@ -123,8 +127,13 @@ def test_a_tun_set_down_comes_back_up_with_its_routes(lab: Lab, tmp_path: Path) 
         assert d.router.run(f"ip route show dev {d.tun}").stdout.strip()  # pool4, IPv4 side
         out = d.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", DEVICE6], check=False)
         assert "2 received" in out.stdout
-        assert restored(d) == 1
-        assert "was down: set up, " in d.logs()
+        ours = [
+            line
+            for family in ("-4", "-6")
+            for line in d.router.run(f"ip {family} route show proto 164").stdout.splitlines()
+        ]
+        assert restored(d) == 1 + len(ours)  # the TUN, then each of our routes
+        assert "was down: set up; route " in d.logs()
     finally:
         d.close()
 
@@ -167,5 +176,27 @@ def test_routes_deleted_by_hand_come_back_and_removed_mappings_stay_removed(
             assert "2001:db8:200::51 " not in tun_routes()
             time.sleep(0.2)
         assert restored(d) == 2
+    finally:
+        d.close()
+
+
+def test_a_route_someone_else_put_in_the_way_is_left_and_reported(lab: Lab, tmp_path: Path) -> None:
+    """As at start: revnat64 never takes over a route it did not make."""
+    d = DaemonLab(lab, tmp_path)
+    try:
+        d.start()
+        d.router.run(f"ip -6 route del {DEVICE6}/128 dev {d.tun}")
+        d.router.run(f"ip -6 route add blackhole {DEVICE6}/128")  # someone else's
+        wait_for(
+            lambda: "did not make is in the way" in status(d)["network_problem"],
+            timeout=10,
+            what="the repair to report the route in the way",
+        )
+        assert "blackhole" in d.router.run(f"ip -6 route show {DEVICE6}/128").stdout
+        assert "revnat64 did not make is in the way" in d.logs()
+        d.router.run(f"ip -6 route del blackhole {DEVICE6}/128")  # the owner steps back
+        d.router.run(f"ip link set {d.tun} mtu 1400")  # a link event: the daemon looks again
+        wait_for(lambda: not status(d)["network_problem"], timeout=10, what="the repair")
+        assert f"{DEVICE6} " in d.router.run(f"ip -6 route show dev {d.tun}").stdout
     finally:
         d.close()
