@@ -91,7 +91,7 @@ def classify(data: bytes, protocol: int = -1) -> Changes:
 
 
 class NetlinkEvents:
-    """A non-blocking netlink socket that turns readable when a link or IPv6 address changes."""
+    """A non-blocking netlink socket, readable when a link, IPv6 address or route changes."""
 
     def __init__(self, protocol: int = -1, groups: int = GROUPS) -> None:
         self.protocol = protocol  # whose deleted routes to report (the daemon's own)
@@ -99,7 +99,8 @@ class NetlinkEvents:
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0
         )
         try:
-            # Starting with 10,000 mappings announces 10,000 routes: room for them all.
+            # A reload that adds 10,000 mappings announces 10,000 routes: room for most
+            # (net.core.rmem_max caps it; an overflow reads as LOST, which is safe).
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
             self.sock.bind((0, groups))
         except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from publisher.nlbatch import (
     NLMSG_ERROR,
     NLMSGHDR,
     RTM_NEWNEIGH,
+    RTMSG,
     Failure,
     _attr,
     build_message,
@@ -157,3 +159,27 @@ def test_netlink_parsers_take_any_bytes(data: bytes) -> None:
         parse_neighbours(data)
     except OSError:
         pass
+
+
+def _route_message(msg_type: int, dst: str, length: int, proto: int, table: int = 254) -> bytes:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    body = RTMSG.pack(family, length, 0, 0, table, proto, 0, 1, 0) + _attr(
+        1, socket.inet_pton(family, dst)
+    )
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, 0, 0, 0) + body
+
+
+def test_classify_reports_only_our_deleted_main_table_routes() -> None:
+    from publisher.nlevents import classify
+
+    data = (
+        _route_message(25, "2001:db8:200::50", 128, 164)  # ours: reported
+        + _route_message(25, "198.51.100.0", 24, 164)  # ours, IPv4: reported
+        + _route_message(25, "2001:db8:300::1", 128, 3)  # someone's (proto boot)
+        + _route_message(25, "2001:db8:200::51", 128, 164, table=100)  # another table
+        + _route_message(24, "2001:db8:200::52", 128, 164)  # an addition: no change
+    )
+    changes = classify(data, 164)
+    assert changes.routes_deleted == {"2001:db8:200::50/128", "198.51.100.0/24"}
+    assert not changes.links and not changes.addresses and not changes.lost
+    assert not classify(_route_message(24, "2001:db8:200::52", 128, 164), 164)
