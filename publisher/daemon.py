@@ -38,6 +38,7 @@ from typing import Any
 
 from publisher import sdnotify
 from publisher.config import SAFE_LOADER, Config, ConfigError, load_config_compact
+from publisher.firewall_nft import TABLE
 from publisher.logs import setup_logging
 from publisher.netlink import (
     RTPROT_REVNAT64,
@@ -47,7 +48,7 @@ from publisher.netlink import (
     atomic_write,
     plan,
 )
-from publisher.nlevents import NetlinkEvents
+from publisher.nlevents import NetlinkEvents, TableEvents
 from publisher.prefix import PLACEHOLDER, PREFIX_STATE_FILE, read_prefix, remembered_text
 from publisher.snapshot import Snapshot
 from publisher.worker import (
@@ -165,6 +166,8 @@ class Daemon:
         self.prefix_tried: IPv6Network | None = None  # a new prefix whose reload failed
         self.prefix_gone = False  # wan.prefix_from has no prefix (logged once)
         self.events: NetlinkEvents | None = None  # wakes run() on link and address changes
+        self.table_events: TableEvents | None = None  # wakes it when our nft table is deleted
+        self.table_events_failed = False
         self.network_restored = 0  # routes, proxy entries and sysctls found gone and put back
         self.network_problem = ""  # the last repair failure (logged once)
         # (config, on-link prefixes, the plan's sysctls): replanned only when the first two move
@@ -418,21 +421,54 @@ class Daemon:
                 last_follow = time.monotonic()
                 next_repair = last_follow + NETWORK_REPAIR_INTERVAL
             # Signals interrupt the wait (PEP 475 resumes it after).
-            if self.events is None:
+            waiting = [e for e in (self.events, self._table_events()) if e is not None]
+            if not waiting:
                 time.sleep(0.2)
-            elif select.select([self.events], [], [], 0.2)[0]:
-                try:
-                    changes = self.events.drain()
-                except OSError as exc:  # never seen; the periodic checks carry on alone
-                    log.error("netlink notifications failed (%s); checking periodically", exc)
-                    self.events.close()
-                    self.events = None
-                    continue
-                if changes.addresses:
+                continue
+            ready = select.select(waiting, [], [], 0.2)[0]
+            if self.table_events is not None and self.table_events in ready:
+                if self._drained(self.table_events):
+                    next_firewall_check = 0.0  # our table was deleted: put it back now
+            if self.events is not None and self.events in ready:
+                changes = self._drained(self.events)
+                if changes and changes.addresses:
                     next_prefix_check = 0.0  # a new prefix may have come: look now
                 if changes:  # links, on-link prefixes or our routes moved
                     next_repair = min(next_repair, last_follow + FOLLOW_SPACING)
         return 0
+
+    def _drained(self, events: Any) -> Any:
+        """``events.drain()``; a socket that fails is closed and the periodic checks go on."""
+        try:
+            return events.drain()
+        except OSError as exc:  # never seen
+            log.error("netlink notifications failed (%s); checking periodically", exc)
+            events.close()
+            if events is self.events:
+                self.events = None
+            else:
+                self.table_events = None
+                self.table_events_failed = True
+            return None
+
+    def _table_events(self) -> TableEvents | None:
+        """The nftables notification socket while the watchdog watches an nftables table."""
+        wanted = (
+            self.firewall is not None
+            and self.firewall.name == "nftables"
+            and self.cfg.firewall.check_interval > 0
+        )
+        if wanted and self.table_events is None and not self.table_events_failed:
+            family, name = TABLE.split()
+            try:
+                self.table_events = TableEvents(family, name)
+            except OSError as exc:
+                log.warning("cannot watch nftables changes (%s); checking periodically", exc)
+                self.table_events_failed = True
+        elif not wanted and self.table_events is not None:
+            self.table_events.close()
+            self.table_events = None
+        return self.table_events
 
     def _open_events(self) -> None:
         try:
@@ -729,9 +765,10 @@ class Daemon:
             except Exception as exc:
                 log.warning("stopping %r: %s", service, exc)
         self.services.clear()
-        if self.events is not None:
-            self.events.close()
-            self.events = None
+        for events in (self.events, self.table_events):
+            if events is not None:
+                events.close()
+        self.events = self.table_events = None
         # Worker 0 last: it saves the leases all workers made.  When the last
         # queue fd closes the TUN goes away.
         for worker in reversed(self.workers):

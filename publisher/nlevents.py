@@ -27,9 +27,9 @@ import errno
 import socket
 from dataclasses import dataclass
 
-from publisher.nlbatch import messages, route_destination
+from publisher.nlbatch import attributes, messages, route_destination
 
-__all__ = ["Changes", "NetlinkEvents", "classify"]
+__all__ = ["Changes", "NetlinkEvents", "TableEvents", "classify", "table_deleted"]
 
 # linux/rtnetlink.h
 RTMGRP_LINK = 0x1
@@ -124,6 +124,75 @@ class NetlinkEvents:
                 seen = seen | LOST  # the kernel dropped some: assume the worst, look at all
                 continue
             seen = seen | classify(data, self.protocol)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# linux/netfilter/nfnetlink.h, nf_tables.h
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_DELTABLE = 2
+NFTA_TABLE_NAME = 1
+NFGENMSG_SIZE = 4  # family, version, resource id
+NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+
+
+def table_deleted(data: bytes, family: int, name: bytes) -> bool:
+    """Whether one datagram of nftables notifications deletes table ``family name``; pure."""
+    wanted = name + b"\0"
+    for msg_type, start, end in messages(data):
+        if msg_type != (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE):
+            continue
+        if end - start < NFGENMSG_SIZE or data[start] != family:
+            continue
+        for kind, value in attributes(data, start + NFGENMSG_SIZE, end):
+            if kind == NFTA_TABLE_NAME and value == wanted:
+                return True
+    return False
+
+
+class TableEvents:
+    """A netfilter netlink socket, readable when nftables objects change.
+
+    The firewall watchdog looks every ``firewall.check_interval`` seconds
+    whether our table is still there; this tells it at once when someone
+    deletes it (``flush ruleset``, an nftables restart), so the allow lists
+    are enforced again within milliseconds instead of seconds.
+    """
+
+    def __init__(self, family: str, table: str) -> None:
+        self.family = NFPROTO[family]
+        self.table = table.encode()
+        self.sock = socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+        try:
+            self.sock.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> bool:
+        """Read every queued notification: True when our table was deleted (or some were lost)."""
+        deleted = False
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return deleted
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                deleted = True  # lost notifications: look
+                continue
+            deleted = deleted or table_deleted(data, self.family, self.table)
 
     def close(self) -> None:
         self.sock.close()

@@ -97,6 +97,22 @@ def test_a_flushed_ruleset_is_put_back_and_enforced_again(fwd: DaemonLab) -> Non
     assert fwd.stop() == 0
 
 
+def test_a_flushed_ruleset_is_put_back_at_once_not_at_the_next_check(fwd: DaemonLab) -> None:
+    """nftables tells the daemon the table is gone; the hourly look plays no part here."""
+    cfg = copy.deepcopy(fwd.config)
+    cfg["firewall"]["check_interval"] = 3600
+    fwd.write_config(cfg)
+    fwd.start()
+    time.sleep(0.5)  # the daemon's loop opens its notification sockets
+    fwd.router.run(["nft", "flush", "ruleset"])
+    wait_for(lambda: "table inet revnat64" in tables(fwd), timeout=10, what="the table back")
+    assert "applying them again" in fwd.logs()
+    # Its own applies delete and create the table too: no loop follows from them.
+    fwd.reload()
+    time.sleep(1.0)
+    assert fwd.logs().count("applying them again") == 1
+
+
 def test_check_interval_zero_leaves_a_flushed_ruleset_alone(fwd: DaemonLab) -> None:
     """firewall.check_interval: 0 turns the watchdog off (a router that cannot spare the CPU)."""
     cfg = copy.deepcopy(fwd.config)

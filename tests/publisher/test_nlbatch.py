@@ -151,10 +151,11 @@ neighbours = st.lists(
 def test_netlink_parsers_take_any_bytes(data: bytes) -> None:
     """Whatever a socket hands over, the parsers return or (for a dump error) raise OSError."""
     from publisher.nlbatch import parse_neighbours
-    from publisher.nlevents import classify
+    from publisher.nlevents import classify, table_deleted
 
     parse_acks(data)
     classify(data)
+    table_deleted(data, 1, b"revnat64")
     try:
         parse_neighbours(data)
     except OSError:
@@ -183,3 +184,20 @@ def test_classify_reports_only_our_deleted_main_table_routes() -> None:
     assert changes.routes_deleted == {"2001:db8:200::50/128", "198.51.100.0/24"}
     assert not changes.links and not changes.addresses and not changes.lost
     assert not classify(_route_message(24, "2001:db8:200::52", 128, 164), 164)
+
+
+def _nft_message(op: int, family: int, table: bytes) -> bytes:
+    body = struct.pack("=BBH", family, 0, 0) + _attr(1, table + b"\0")
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), 10 << 8 | op, 0, 0, 0) + body
+
+
+def test_table_deleted_names_only_our_table_in_our_family() -> None:
+    from publisher.nlevents import table_deleted
+
+    ours = _nft_message(2, 1, b"revnat64")  # NFT_MSG_DELTABLE, inet
+    assert table_deleted(ours, 1, b"revnat64")
+    assert not table_deleted(_nft_message(2, 2, b"revnat64"), 1, b"revnat64")  # ip family
+    assert not table_deleted(_nft_message(2, 1, b"fw4"), 1, b"revnat64")
+    assert not table_deleted(_nft_message(2, 1, b"revnat64x"), 1, b"revnat64")
+    assert not table_deleted(_nft_message(0, 1, b"revnat64"), 1, b"revnat64")  # NEWTABLE
+    assert table_deleted(_nft_message(8, 1, b"revnat64") + ours, 1, b"revnat64")
