@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from publisher.nlbatch import attributes, messages, route_destination
 
 __all__ = ["Changes", "NetlinkEvents", "TableEvents", "classify", "table_deleted"]
 
-# linux/rtnetlink.h
+# linux/netlink.h, rtnetlink.h
+NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
@@ -90,18 +92,18 @@ def classify(data: bytes, protocol: int = -1) -> Changes:
     return Changes(links, addresses, frozenset(deleted))
 
 
-class NetlinkEvents:
-    """A non-blocking netlink socket, readable when a link, IPv6 address or route changes."""
+class _Subscription:
+    """A non-blocking netlink socket bound to multicast ``groups`` of ``family``."""
 
-    def __init__(self, protocol: int = -1, groups: int = GROUPS) -> None:
-        self.protocol = protocol  # whose deleted routes to report (the daemon's own)
+    def __init__(self, family: int, groups: int, buffer: int = 0) -> None:
         self.sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            family,
         )
         try:
-            # A reload that adds 10,000 mappings announces 10,000 routes: room for most
-            # (net.core.rmem_max caps it; an overflow reads as LOST, which is safe).
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            if buffer:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
             self.sock.bind((0, groups))
         except OSError:
             self.sock.close()
@@ -110,23 +112,37 @@ class NetlinkEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> Changes:
-        """Read every queued notification and say what they were about."""
-        seen = Changes()
+    def datagrams(self) -> Iterator[bytes | None]:
+        """Every queued datagram; None where the kernel dropped some (``ENOBUFS``)."""
         while True:
             try:
-                data = self.sock.recv(65536)
+                yield self.sock.recv(65536)
             except BlockingIOError:
-                return seen
+                return
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                seen = seen | LOST  # the kernel dropped some: assume the worst, look at all
-                continue
-            seen = seen | classify(data, self.protocol)
+                yield None
 
     def close(self) -> None:
         self.sock.close()
+
+
+class NetlinkEvents(_Subscription):
+    """Readable when a link, IPv6 address or route changes."""
+
+    def __init__(self, protocol: int = -1, groups: int = GROUPS) -> None:
+        # A reload that adds 10,000 mappings announces 10,000 routes: room for most
+        # (net.core.rmem_max caps it; an overflow reads as LOST, which is safe).
+        super().__init__(NETLINK_ROUTE, groups, buffer=1 << 22)
+        self.protocol = protocol  # whose deleted routes to report (the daemon's own)
+
+    def drain(self) -> Changes:
+        """Read every queued notification and say what they were about."""
+        seen = Changes()
+        for data in self.datagrams():
+            seen = seen | (LOST if data is None else classify(data, self.protocol))
+        return seen
 
 
 # linux/netfilter/nfnetlink.h, nf_tables.h
@@ -153,8 +169,8 @@ def table_deleted(data: bytes, family: int, name: bytes) -> bool:
     return False
 
 
-class TableEvents:
-    """A netfilter netlink socket, readable when nftables objects change.
+class TableEvents(_Subscription):
+    """Readable when nftables objects change.
 
     The firewall watchdog looks every ``firewall.check_interval`` seconds
     whether our table is still there; this tells it at once when someone
@@ -163,36 +179,13 @@ class TableEvents:
     """
 
     def __init__(self, family: str, table: str) -> None:
+        super().__init__(NETLINK_NETFILTER, 1 << (NFNLGRP_NFTABLES - 1))
         self.family = NFPROTO[family]
         self.table = table.encode()
-        self.sock = socket.socket(
-            socket.AF_NETLINK,
-            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-        try:
-            self.sock.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
-        except OSError:
-            self.sock.close()
-            raise
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def drain(self) -> bool:
         """Read every queued notification: True when our table was deleted (or some were lost)."""
         deleted = False
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                return deleted
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                deleted = True  # lost notifications: look
-                continue
-            deleted = deleted or table_deleted(data, self.family, self.table)
-
-    def close(self) -> None:
-        self.sock.close()
+        for data in self.datagrams():
+            deleted = deleted or data is None or table_deleted(data, self.family, self.table)
+        return deleted
