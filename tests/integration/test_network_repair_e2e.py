@@ -185,8 +185,10 @@ def test_a_route_someone_else_put_in_the_way_is_left_and_reported(lab: Lab, tmp_
     d = DaemonLab(lab, tmp_path)
     try:
         d.start()
-        d.router.run(f"ip -6 route del {DEVICE6}/128 dev {d.tun}")
-        d.router.run(f"ip -6 route add blackhole {DEVICE6}/128")  # someone else's
+        # Someone else's route takes the place of ours in one step (two steps would
+        # race the daemon, which puts ours back the moment it is deleted).
+        d.router.run(f"ip -6 route replace blackhole {DEVICE6}/128")
+        d.router.run(f"ip link set {d.tun} mtu 1400")  # a link event: the daemon looks
         wait_for(
             lambda: "did not make is in the way" in status(d)["network_problem"],
             timeout=10,
@@ -195,7 +197,7 @@ def test_a_route_someone_else_put_in_the_way_is_left_and_reported(lab: Lab, tmp_
         assert "blackhole" in d.router.run(f"ip -6 route show {DEVICE6}/128").stdout
         assert "revnat64 did not make is in the way" in d.logs()
         d.router.run(f"ip -6 route del blackhole {DEVICE6}/128")  # the owner steps back
-        d.router.run(f"ip link set {d.tun} mtu 1400")  # a link event: the daemon looks again
+        d.router.run(f"ip link set {d.tun} mtu 1500")  # a link event: the daemon looks again
         wait_for(lambda: not status(d)["network_problem"], timeout=10, what="the repair")
         assert f"{DEVICE6} " in d.router.run(f"ip -6 route show dev {d.tun}").stdout
     finally:
