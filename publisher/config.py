@@ -816,6 +816,13 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
         r.problem("lan", "is required")
     lan_if = r.get(lan_d, "lan", "interface", _ifname)
     lan_nets = _list_of(r, lan_d, "lan", "ipv4_networks", _ipv4_network)
+    for side, ifname in (("wan", wan_if), ("lan", lan_if)):
+        if tr is not None and ifname is not None and ifname == tr.tun_device:
+            r.problem(
+                "translator.tun_device",
+                f"{ifname} is also {side}.interface; revnat64 creates (and at stop "
+                "deletes) its TUN device, so it needs a name of its own",
+            )
     mappings = _parse_mappings(r, top.get("mappings"))
 
     fw = _parse_simple(

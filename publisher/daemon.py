@@ -26,6 +26,7 @@ combine the workers' snapshots with :meth:`Snapshot.merge`.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import select
@@ -68,6 +69,19 @@ NETLINK_DETAIL_LINES = 32
 NETWORK_REPAIR_INTERVAL = 60.0  # the look at routes, proxy entries, sysctls between events
 FOLLOW_SPACING = 1.0  # at least this long between two follows of link/address events
 PREFIX_CHECK_INTERVAL = 5.0  # the periodic look at wan.prefix_from, should a notification be lost
+
+
+def tun_open_hint(err: int | None, queues: int) -> str:
+    """What a TUNSETIFF refusal usually means, for the start-up error.
+
+    (A device of the same name is refused earlier, by recover_leftovers.)
+    """
+    if err == errno.EINVAL and queues > 1:
+        # Merlin's 2.6.36 kernels, for one, have no multi-queue TUN.
+        return "; several queues need Linux 3.8 or later (else set translator.workers: 1)"
+    if err == errno.EBUSY:
+        return "; another program took the device name meanwhile"
+    return ""
 
 
 class StartupError(RuntimeError):
@@ -207,7 +221,15 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True)
 
         self.netlink = NetlinkManager(cfg.translator.tun_device, state_dir / "netstate.json")
-        for line in self.netlink.recover_leftovers():
+        try:
+            recovered = self.netlink.recover_leftovers()
+        except NetlinkError:
+            # Someone else's interface has the TUN's name: nothing was changed,
+            # so stop() must not undo (and delete that interface) either.
+            self.netlink.close()
+            self.netlink = None
+            raise
+        for line in recovered:
             log.warning("crash recovery: %s", line)
         self._open_queues(cfg.translator.tun_device, count, cfg.translator.offloads)
         if cfg.translator.offloads:
@@ -264,7 +286,10 @@ class Daemon:
                         f"queue 0 has {describe_offloads(self.offloads)}"
                     )
         except OSError as exc:
-            raise StartupError(f"creating TUN device {name} with {count} queue(s): {exc}") from exc
+            raise StartupError(
+                f"creating TUN device {name} with {count} queue(s): {exc}"
+                f"{tun_open_hint(exc.errno, count)}"
+            ) from exc
 
     def _close_fds(self) -> None:
         for fd in self.fds:

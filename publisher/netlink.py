@@ -237,14 +237,23 @@ class NetlinkManager:
     # -- crash recovery ------------------------------------------------------
 
     def recover_leftovers(self) -> list[str]:
-        """Undo what a previous run left behind (state file, our route protocol, a stale TUN)."""
+        """Undo what a previous run left behind (state file, our route protocol, a stale TUN).
+
+        Raises NetlinkError, having changed nothing, when an interface with the
+        TUN's name exists that no run of ours made (a running Tayga's, say).
+        """
         done: list[str] = []
+        old: AppliedState | None = None
         if self.state_file.exists():
             try:
                 old = AppliedState.from_json(self.state_file.read_text())
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("ignoring unreadable state file %s: %s", self.state_file, exc)
                 old = AppliedState()
+        idx = self.link_index(self.tun_device)
+        if idx is not None and (old is None or old.tun_device != self.tun_device):
+            raise NetlinkError(self._foreign_device(idx))
+        if old is not None:
             self.state = old
             self._undo_all()
             done.append(f"undid the previous run's changes recorded in {self.state_file}")
@@ -262,6 +271,25 @@ class NetlinkManager:
         self.state = AppliedState(tun_device=self.tun_device)
         self._save()
         return done
+
+    def _foreign_device(self, idx: int) -> str:
+        """Why an existing interface with the TUN's name is not ours to delete."""
+        name = self.tun_device
+        try:
+            info = self.ipr.get_links(idx)[0].get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        except Exception:  # gone meanwhile, or no link info: say what we know
+            kind = None
+        if kind == "tun":
+            what = "a TUN device that revnat64 did not make (is Tayga still running?)"
+            cure = f"stop that program, or remove a left-over device with: ip link del {name}"
+        else:
+            what = f"an interface ({kind or 'of unknown kind'}) that is not revnat64's TUN"
+            cure = "revnat64 will not touch it"
+        return (
+            f"translator.tun_device: {name} already exists as {what}; {cure}, "
+            "or give translator.tun_device a name no interface has"
+        )
 
     @staticmethod
     def _route_key(route: Any) -> dict[str, Any]:
@@ -502,6 +530,10 @@ class NetlinkManager:
             self.state_file.unlink()
         except FileNotFoundError:
             pass
+        self.close()
+
+    def close(self) -> None:
+        """Close the netlink sockets, leaving the kernel as it is."""
         self.ipr.close()
         self.batch.close()
 

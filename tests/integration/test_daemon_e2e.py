@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.daemon_lab import DaemonLab, base_config
+from tests.integration.daemon_lab import ROOT, DaemonLab, base_config
 from tests.netlab import CLIENT6, DEVICE4, DEVICE6, TRANSLATOR6, Lab, wait_for
 
 pytestmark = pytest.mark.integration
@@ -313,3 +313,66 @@ def test_startup_failure_after_setup_removes_everything(dlab: DaemonLab) -> None
         dlab.start(timeout=20)
     assert "cannot start" in dlab.logs() and "/proc/revnat64-nowhere" in dlab.logs()
     assert _router_state(dlab) == before
+
+
+HOLD_TUN = """
+import sys, time
+from translator.tun import open_tun
+fd, _ = open_tun(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _refused_start(dlab: DaemonLab) -> str:
+    before = _router_state(dlab)
+    with pytest.raises(RuntimeError, match="daemon exited with 1"):
+        dlab.start(timeout=20)
+    assert _router_state(dlab) == before
+    return dlab.logs()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tun_device_held_by_another_program_is_left_alone(dlab: DaemonLab, workers: int) -> None:
+    """A Tayga still running on the device name: the daemon refuses to start, says
+    why, and neither deletes the device nor undoes anything (it used to delete it)."""
+    cfg = dict(dlab.config)
+    cfg["translator"] = dict(cfg["translator"], workers=workers)
+    dlab.write_config(cfg)
+    holder = dlab.router.popen([sys.executable, "-c", HOLD_TUN, dlab.tun], cwd=str(ROOT))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        logs = _refused_start(dlab)
+        assert (
+            f"translator.tun_device: {dlab.tun} already exists as a TUN device that revnat64 "
+            "did not make (is Tayga still running?)"
+        ) in logs
+        assert holder.poll() is None
+        assert dlab.router.run(["ip", "link", "show", dlab.tun], check=False).returncode == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_interface_of_another_kind_with_the_tun_name_is_left_alone(dlab: DaemonLab) -> None:
+    dlab.router.run(["ip", "link", "add", dlab.tun, "type", "bridge"])
+    logs = _refused_start(dlab)
+    assert (
+        f"translator.tun_device: {dlab.tun} already exists as an interface (bridge) that is "
+        "not revnat64's TUN; revnat64 will not touch it"
+    ) in logs
+    assert dlab.router.run(["ip", "link", "show", dlab.tun], check=False).returncode == 0
+
+
+def test_a_tun_left_by_our_own_crash_is_still_removed(dlab: DaemonLab) -> None:
+    """The other side of the rule: a device our state file names is ours to replace
+    (here a persistent TUN stands in for one an orphaned worker still holds)."""
+    dlab.start()
+    assert dlab.stop(signal.SIGKILL) == -signal.SIGKILL
+    gone = ["ip", "link", "show", dlab.tun]
+    wait_for(lambda: dlab.router.run(gone, check=False).returncode != 0, what="the old TUN gone")
+    dlab.router.run(["ip", "tuntap", "add", "mode", "tun", "name", dlab.tun])
+    dlab.start()
+    assert f"crash recovery: removed stale device {dlab.tun}" in dlab.logs()
+    out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
+    assert "2 received" in out.stdout

@@ -262,6 +262,16 @@ def test_check_command_reports_each_problem_on_its_own_line(tmp_path: Path) -> N
             "test.yaml: translator.lowest_ipv6_mtu: (1500) cannot exceed translator.mtu (1400)",
         ),
         (
+            {"translator__tun_device": "eth0"},
+            "test.yaml: translator.tun_device: eth0 is also wan.interface; revnat64 creates "
+            "(and at stop deletes) its TUN device, so it needs a name of its own",
+        ),
+        (
+            {"translator__tun_device": "br-lan"},
+            "test.yaml: translator.tun_device: br-lan is also lan.interface; revnat64 creates "
+            "(and at stop deletes) its TUN device, so it needs a name of its own",
+        ),
+        (
             {"mappings__0__ipv6": "2001:db8:200::1"},
             "test.yaml: mappings[0].ipv6: 2001:db8:200::1/128 contains translator.ipv6_address "
             "2001:db8:200::1",
