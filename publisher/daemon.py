@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -68,6 +69,7 @@ log = logging.getLogger("revnat64")
 NETLINK_DETAIL_LINES = 32
 NETWORK_REPAIR_INTERVAL = 60.0  # the look at routes, proxy entries, sysctls between events
 FOLLOW_SPACING = 1.0  # at least this long between two follows of link/address events
+LOCK_FILE = "daemon.lock"  # in daemon.state_dir: one daemon per state directory
 PREFIX_CHECK_INTERVAL = 5.0  # the periodic look at wan.prefix_from, should a notification be lost
 
 
@@ -164,6 +166,7 @@ class Daemon:
         self.plane: Plane
         self.fds: list[int] = []
         self.table_fd = -1
+        self.lock_fd = -1  # the state directory's lock, held until stop() is done
         self.offloads = 0
         self.netlink: NetlinkManager | None = None
         self.workers: list[WorkerHandle] = []
@@ -219,6 +222,7 @@ class Daemon:
             )
         state_dir = Path(cfg.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir(state_dir)
 
         self.netlink = NetlinkManager(cfg.translator.tun_device, state_dir / "netstate.json")
         try:
@@ -263,6 +267,29 @@ class Daemon:
             cfg.translator.tun_device,
             cfg.translator.pool4,
         )
+
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        """One daemon per state directory, before anything is touched.
+
+        Without it a second ``revnat64 run`` took the first one's state file for
+        a crash's leftovers, undid its routes and deleted its TUN, and only then
+        found the control socket taken. The lock is an flock, so a killed
+        daemon's lock goes with it; the workers, forked earlier, do not hold it.
+        """
+        path = state_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(
+                f"another revnat64 is running with state directory {state_dir} "
+                f"(pid {holder}, lock {path}); stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
 
     def _open_queues(self, name: str, count: int, offloads: bool) -> None:
         """One plain TUN fd for one worker, or ``count`` queues of a multi-queue TUN.
@@ -812,6 +839,9 @@ class Daemon:
             except Exception as exc:
                 log.error("removing routes and proxy entries: %s", exc)
             self.netlink = None
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # last: the next daemon may now start
+            self.lock_fd = -1
         log.info("revnat64 stopped")
 
 

@@ -8,6 +8,7 @@ each test ends by asserting that no host counted a checksum error.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import sys
@@ -376,3 +377,25 @@ def test_a_tun_left_by_our_own_crash_is_still_removed(dlab: DaemonLab) -> None:
     assert f"crash recovery: removed stale device {dlab.tun}" in dlab.logs()
     out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
     assert "2 received" in out.stdout
+
+
+def test_a_second_daemon_on_the_same_config_changes_nothing(dlab: DaemonLab) -> None:
+    """`revnat64 run` typed while the service runs must not tear the first one's
+    TUN, routes and proxy entries down on its way to finding out."""
+    dlab.start()
+    during = _router_state(dlab)
+    index = dlab.router.run(["cat", f"/sys/class/net/{dlab.tun}/ifindex"]).stdout
+    second = dlab.router.run(
+        [sys.executable, "-m", "publisher.cli", "run", "-c", str(dlab.config_path)],
+        check=False,
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+    assert second.returncode == 1
+    assert "another revnat64 is running with state directory" in second.stderr
+    assert _router_state(dlab) == during
+    assert dlab.router.run(["cat", f"/sys/class/net/{dlab.tun}/ifindex"]).stdout == index
+    out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
+    assert "2 received" in out.stdout
+    assert dlab.stop() == 0
