@@ -25,7 +25,6 @@ __all__ = [
     "run_command",
     "spoof_sources4",
     "spoof_sources6",
-    "tun_ipv4_sources",
 ]
 
 
@@ -60,20 +59,6 @@ def ports_by_proto(allow: Sequence[AllowRule]) -> dict[str, list[PortRange]]:
     return out
 
 
-def tun_ipv4_sources(cfg: Config) -> list[IPv4Network] | None:
-    """IPv4 sources the translator may emit towards the LAN, or None when any is possible.
-
-    Without an RFC 6052 prefix every translated client is a pool4 lease and every
-    ICMPv4 error the translator originates comes from its own address or the
-    RFC 6791 pool.  With a prefix, clients inside it keep their embedded IPv4
-    address, which can be anything, so no source check is possible.
-    """
-    tr = cfg.translator
-    if tr.prefix is not None:
-        return None
-    return spoof_sources4(cfg)
-
-
 def bare(net: IPv4Network | IPv6Network) -> str:
     """A host network as the bare address (as nft lists it), anything else as a prefix."""
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
@@ -95,11 +80,13 @@ def spoof_sources4(cfg: Config) -> list[IPv4Network]:
 
 
 def spoof_sources6(cfg: Config) -> list[IPv6Network]:
-    """IPv6 sources only the translator sends from: mapped addresses and its own address."""
-    own = IPv6Network(f"{cfg.translator.ipv6_address}/128")
+    """IPv6 sources only the translator sends from: mapped addresses, its own address
+    and the RFC 6052 prefix (all routed into the TUN; the translator drops them too)."""
     nets = [m.ipv6 for m in cfg.mappings]
-    if not any(own.subnet_of(n) for n in nets):
-        nets.append(own)
+    for extra in (IPv6Network(f"{cfg.translator.ipv6_address}/128"), cfg.translator.prefix):
+        if extra is not None and not any(extra.subnet_of(n) for n in nets):
+            # nft refuses overlapping elements in one set: the wider one stands for both.
+            nets = [n for n in nets if not n.subnet_of(extra)] + [extra]
     return nets
 
 

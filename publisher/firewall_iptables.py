@@ -43,7 +43,6 @@ from publisher.firewall_common import (
     run_command,
     spoof_sources4,
     spoof_sources6,
-    tun_ipv4_sources,
 )
 
 __all__ = [
@@ -229,15 +228,11 @@ def plan_iptables(cfg: Config) -> IptablesPlan:
             fwd.append(_rule("REVNAT64-FWD", "-o", tun, _comment("unmapped"), "-j", "DROP"))
         else:
             fwd_chains.append("REVNAT64-IN4")
-            sources = tun_ipv4_sources(cfg)
-            if sources is None:
-                fwd.append(_rule("REVNAT64-FWD", "-i", tun, "-j", "REVNAT64-IN4"))
-            else:
-                fwd += [
-                    _rule("REVNAT64-FWD", "-i", tun, "-s", _net(n), "-j", "REVNAT64-IN4")
-                    for n in sources
-                ]
-                fwd.append(_rule("REVNAT64-FWD", "-i", tun, _comment("spoofed"), "-j", "DROP"))
+            fwd += [
+                _rule("REVNAT64-FWD", "-i", tun, "-s", _net(n), "-j", "REVNAT64-IN4")
+                for n in spoof_sources4(cfg)
+            ]
+            fwd.append(_rule("REVNAT64-FWD", "-i", tun, _comment("spoofed"), "-j", "DROP"))
             fwd.append(_rule("REVNAT64-FWD", "-o", tun, _comment("into_tun"), "-j", "DROP"))
             body += [
                 _rule("REVNAT64-IN4", "-d", _net(m.ipv4), "-j", mapping_chain(m))
@@ -269,11 +264,11 @@ def plan_iptables(cfg: Config) -> IptablesPlan:
         tables[(family, "filter")] = fwd + body
 
     post = []
-    sources = tun_ipv4_sources(cfg)
+    sources = spoof_sources4(cfg)
     for m in cfg.mappings:
         if not m.masquerade:
             continue
-        for src in [["-s", _net(n)] for n in sources] if sources is not None else [[]]:
+        for src in [["-s", _net(n)] for n in sources]:
             post.append(
                 _rule(
                     "REVNAT64-POST",

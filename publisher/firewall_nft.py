@@ -36,7 +36,6 @@ from publisher.firewall_common import (
     run_command,
     spoof_sources4,
     spoof_sources6,
-    tun_ipv4_sources,
 )
 
 __all__ = [
@@ -183,12 +182,12 @@ def render_nftables(cfg: Config, counters: TMapping[str, tuple[int, int]] | None
     to6.append(f'counter name "{COUNTER_UNMAPPED}" drop comment "not a mapped IPv6 address"')
     out += _chain("to_tun6", to6)
 
-    sources4 = tun_ipv4_sources(cfg)
-    if sources4 is not None:
-        from4.append(
-            f"ip saddr != {_set([bare(n) for n in sources4])} "
-            f'counter name "{COUNTER_SPOOFED}" drop comment "not a translator source"'
-        )
+    # IPv4 out of the TUN comes from a pool4 lease, or is an error from the translator's
+    # own address or the RFC 6791 pool: nothing else (the translator drops the rest).
+    from4.append(
+        f"ip saddr != {_set([bare(n) for n in spoof_sources4(cfg)])} "
+        f'counter name "{COUNTER_SPOOFED}" drop comment "not a translator source"'
+    )
     if cfg.mappings:
         from4.append(
             "ip daddr vmap { "

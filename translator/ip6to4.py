@@ -4,23 +4,27 @@ Address mapping (who the IPv6 packet is for, who it is from):
 
 * destination: EAM (longest prefix) -> RFC 6052 prefix -> ICMPv6 Destination
   Unreachable code 3 "address unreachable" (``NO_MAPPING``);
-* source: EAM -> RFC 6052 prefix -> existing pool lease -> new pool lease.  A refused
+* source: existing pool lease -> new pool lease.  A source the tables translate (an
+  EAM entry's IPv6 side, the RFC 6052 prefix) is forged (``SPOOFED_SOURCE``): the
+  daemon routes every one of them into the TUN, so no host on the IPv6 side has one,
+  and translated it would reach the LAN as a packet from one of the LAN's own hosts
+  (a LAND packet, or "the router" that IP-based access lists trust).  A refused
   lease answers ICMPv6 Destination Unreachable code 1 "administratively prohibited"
   for ``POOL_EXHAUSTED`` (RFC 7915 §5.4's default code: the client did nothing wrong,
   the translator is out of resources) and code 5 "source address failed
   ingress/egress policy" for ``LEASE_LIMIT`` (RFC 4443 §3.1: this source is refused by
   policy, which is exactly what a per-prefix limit is).
-* ICMPv6 errors never allocate a lease: their source is mapped by EAM, prefix or an
-  existing lease, else an address from ``rfc6791_pool4`` chosen by hashing the IPv6
-  source (RFC 6791 §4), so the IPv4 host still learns e.g. its path MTU.
+* ICMPv6 errors never allocate a lease: their source is mapped by an existing lease,
+  else an address from ``rfc6791_pool4`` chosen by hashing the IPv6 source (RFC 6791
+  §4), so the IPv4 host still learns e.g. its path MTU.  A source the tables
+  translate is forged here too.
 
-Guards: a destination whose IPv4 form lies inside pool4 would loop straight back into
-the translator (``HAIRPIN``); a source that maps through an EAM entry while the
-destination does too names two published IPv4 devices, which only a spoofer can
-send from the IPv6 side (``SPOOFED_SOURCE``; it would otherwise let the internet
-deliver a "LAND" packet whose source and destination are LAN devices).  Sources that
-can never be routed here (multicast, unspecified, loopback, link-local) are
-``SPOOFED_SOURCE`` too and get no lease.
+Guards: a prefix destination whose IPv4 form lies inside pool4 would loop straight
+back into the translator, and one whose IPv4 form is an EAM entry's names a
+published device by a second address its replies never come from (``HAIRPIN``;
+RFC 7757 §4 would hairpin both).  Sources that can never be routed here
+(multicast, unspecified, loopback, link-local) are ``SPOOFED_SOURCE`` too and get
+no lease.
 
 Header rules live on the branches below with their section numbers.  TCP/UDP
 checksums are adjusted with RFC 1624 from the mappings' precomputed deltas; ICMPv6
@@ -189,7 +193,10 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
             pkt[:end], now, ICMP6_DEST_UNREACH, 3, 0, DropReason.NO_MAPPING, -1, is_error
         )
     dst4, ddelta, index = mdst
-    if index < 0 and tr.pool.contains4(dst4):  # EAM entries never overlap pool4
+    if index < 0 and (tr.pool.contains4(dst4) or tables.lookup_eam4(dst4) is not None):
+        # A prefix form of a pool4 address would loop straight back in; one of an
+        # EAM'd address names a published device the other way round (RFC 7757 §4
+        # would hairpin it; its replies come from its EAM address, not this one).
         return drop(DropReason.HAIRPIN, index)
     if proto == PROTO_ICMPV6 and not is_error and payload[0] not in ECHO_6_TO_4:
         # RFC 7915 §5.2: only Echo Request/Reply have IPv4 equivalents; MLD, ND and
@@ -218,21 +225,18 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         src4 = lease.v4
         sdelta = lease.delta
     else:
-        msrc = tables.lookup6(src6)
-        if msrc is not None:
-            src4, sdelta, sindex = msrc
-            if sindex >= 0 and index >= 0:
-                return drop(DropReason.SPOOFED_SOURCE, index)
-        else:
-            if not acceptable_source6(src6):
-                return drop(DropReason.SPOOFED_SOURCE, index)
-            got = tr.pool.allocate(src6, now)
-            if got is DropReason.POOL_EXHAUSTED:
-                return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
-            if isinstance(got, DropReason):
-                return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
-            src4 = got.v4
-            sdelta = got.delta
+        if tables.lookup6(src6) is not None or not acceptable_source6(src6):
+            # The tables' IPv6 addresses (EAM, the RFC 6052 prefix) are all routed
+            # into this translator, so no host on the IPv6 side has one: translated,
+            # it would give the LAN a packet from one of its own hosts.
+            return drop(DropReason.SPOOFED_SOURCE, index)
+        got = tr.pool.allocate(src6, now)
+        if got is DropReason.POOL_EXHAUSTED:
+            return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 1, 0, got, index, False)
+        if isinstance(got, DropReason):
+            return tr.error(pkt[:end], now, ICMP6_DEST_UNREACH, 5, 0, got, index, False)
+        src4 = got.v4
+        sdelta = got.delta
 
     proto4 = proto
     csum_at = -1  # where in pkt the new TCP/UDP checksum ``csum`` goes, if anywhere
@@ -382,12 +386,10 @@ def translate_icmp6_error(
     else:
         body = inner
 
-    m = tr._tables.lookup6(src6)
-    if m is not None:
-        src4 = m[0]
-    else:
-        lease = tr.pool.peek6(src6)
-        src4 = lease.v4 if lease is not None else tr.rfc6791_address(src6)
+    if tr._tables.lookup6(src6) is not None:
+        return drop(DropReason.SPOOFED_SOURCE, index)  # as for any packet (above)
+    lease = tr.pool.peek6(src6)
+    src4 = lease.v4 if lease is not None else tr.rfc6791_address(src6)
     head = ICMP_FULL.pack(t4, c4, 0, rest)
     csum = checksum(head + body)
     msg = head[:2] + U16.pack(csum) + U32.pack(rest) + body

@@ -336,6 +336,20 @@ class Tables:
 
     def lookup4(self, a4: bytes) -> Mapping | None:
         """IPv4 address -> (IPv6 address, delta, EAM index or -1), EAM before prefix."""
+        m = self.lookup_eam4(a4)
+        if m is not None:
+            return m
+        if self._plen:
+            a6 = self.embed(a4)
+            if a6 is not None:
+                d = self._pdelta
+                if d < 0:
+                    d = add(ones_sum(a6), neg(ones_sum(a4)))
+                return (a6, d, -1)
+        return None
+
+    def lookup_eam4(self, a4: bytes) -> Mapping | None:
+        """Like :meth:`lookup4`, but EAM entries only (is ``a4`` a published device?)."""
         m = self._host4.get(a4)
         if m is not None:
             return m
@@ -345,13 +359,6 @@ class Tables:
                 e = entries.get(n >> shift)
                 if e is not None:
                     return ((e.p6 | (n & e.smask)).to_bytes(16, "big"), e.delta, e.index)
-        if self._plen:
-            a6 = self.embed(a4)
-            if a6 is not None:
-                d = self._pdelta
-                if d < 0:
-                    d = add(ones_sum(a6), neg(ones_sum(a4)))
-                return (a6, d, -1)
         return None
 
     @property

@@ -134,16 +134,20 @@ def test_counters_are_carried_into_the_new_table() -> None:
     assert "packets 7 bytes 700" in block
 
 
-def test_prefix_drops_the_ipv4_source_check() -> None:
-    """Clients inside an RFC 6052 prefix keep their own IPv4 address: no source check possible."""
+def test_a_prefix_keeps_the_ipv4_source_check_and_is_a_forged_source() -> None:
+    """The translator drops sources inside the RFC 6052 prefix (routed into the TUN),
+    so IPv4 leaving the TUN still comes from pool4 or the error sources only, and a
+    source in the prefix arriving from outside is forged."""
     with_prefix = SINGLE.replace(
         "  pool4: 198.51.100.0/24\n", "  pool4: 198.51.100.0/24\n  prefix: 2001:db8:100::/40\n"
     )
-    plain, prefixed = render_nftables(config(SINGLE)), render_nftables(config(with_prefix))
-    assert "ip saddr != 198.51.100.0/24" in plain
-    assert "ip saddr !=" not in prefixed
-    assert "-i rn64t0 -s 198.51.100.0/24 -j REVNAT64-IN4" in render_iptables(config(SINGLE))
-    assert "-i rn64t0 -j REVNAT64-IN4" in render_iptables(config(with_prefix))
+    for text in (SINGLE, with_prefix):
+        assert "ip saddr != 198.51.100.0/24" in render_nftables(config(text))
+        assert "-i rn64t0 -s 198.51.100.0/24 -j REVNAT64-IN4" in render_iptables(config(text))
+    assert "2001:db8:100::/40" in render_nftables(config(with_prefix)).split("forged mapped")[0]
+    assert "-s 2001:db8:100::/40 -m comment --comment spoofed -j DROP" in render_iptables(
+        config(with_prefix)
+    )
 
 
 def test_no_mappings_renders_a_valid_closed_ruleset(scratch_netns: str, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from tr_testlib import (
     RANGE6,
     assert_checksums,
     icmp_error,
+    lease,
     make_translator,
     nsp,
     one,
@@ -99,12 +100,44 @@ def test_destination_mapping(tr, dst6, dst4, mapping):
     assert o[IP].dst == dst4 and v.mapping == mapping
 
 
-def test_source_via_prefix_and_eam(tr):
-    o = one(tx(tr, IPv6(src=nsp("8.8.4.4"), dst=CAM6) / UDP()))
-    assert o[IP].src == "8.8.4.4"
-    o = one(tx(tr, IPv6(src=RANGE6 + "9", dst=nsp("8.8.4.4")) / UDP()))
-    assert (o[IP].src, o[IP].dst) == (RANGE4 + "9", "8.8.4.4")
+@pytest.mark.parametrize(
+    ("src6", "dst6"),
+    [
+        (nsp("192.0.2.1"), CAM6),  # the router's LAN address, which LAN devices trust
+        (nsp(CAM4), CAM6),  # a LAND packet, through the prefix
+        (nsp("8.8.4.4"), CAM6),  # any IPv4 host: the prefix is routed into the TUN
+        (RANGE6 + "9", nsp("8.8.4.4")),  # a published device's own address
+        (CAM6, RANGE6 + "9"),  # two published devices
+    ],
+)
+def test_sources_the_tables_translate_are_forged(tr, src6, dst6):
+    """Every IPv6 address the tables translate is routed into the translator, so a
+    packet from one arriving on the IPv6 side is forged: translated, it would reach
+    the LAN as a packet from one of the LAN's own hosts."""
+    v = tx(tr, IPv6(src=src6, dst=dst6) / UDP())
+    assert (v.action, v.reason) == (Action.DROP, DropReason.SPOOFED_SOURCE)
     assert tr.pool.in_use == 0
+
+
+def test_icmp6_errors_from_sources_the_tables_translate_are_forged(tr):
+    """A forged error from the prefix would otherwise reach the LAN as an ICMPv4
+    error from a LAN host (a connection killed by a "port unreachable")."""
+    lease(tr)  # the quoted packet's destination has a lease
+    quoted = IPv6(src=CAM6, dst=CLIENT6) / UDP(sport=7, dport=9)
+    for src6 in (nsp("192.0.2.1"), RANGE6 + "9"):
+        v = tx(tr, IPv6(src=src6, dst=CAM6) / ICMPv6DestUnreach(code=4) / quoted)
+        assert (v.action, v.reason) == (Action.DROP, DropReason.SPOOFED_SOURCE)
+    v = tx(tr, IPv6(src="2001:db8:ffff::99", dst=CAM6) / ICMPv6DestUnreach(code=4) / quoted)
+    assert v.action == Action.FORWARD  # the same error from a router out there
+
+
+def test_prefix_form_of_a_published_device_is_not_a_second_way_in(tr):
+    """Its replies come from its EAM address, and the firewall's allow lists name
+    that one; RFC 7757 §4 would hairpin, the translator drops (as for pool4)."""
+    for dst4 in (CAM4, RANGE4 + "9"):
+        v = tx(tr, IPv6(src=CLIENT6, dst=nsp(dst4)) / UDP())
+        assert (v.action, v.reason) == (Action.DROP, DropReason.HAIRPIN)
+    assert one(tx(tr, IPv6(src=CLIENT6, dst=nsp("192.0.2.77")) / UDP()))[IP].dst == "192.0.2.77"
 
 
 def test_udp_checksum_and_zero(tr):

@@ -23,7 +23,6 @@ from tr_testlib import (
     assert_checksums,
     lease,
     make_translator,
-    nsp,
     ones_complement_ok,
 )
 
@@ -300,13 +299,10 @@ def test_packet_too_big_to_frag_needed(tr, mtu6, expected):
     assert (out[ICMP].type, out[ICMP].code, out[ICMP].nexthopmtu) == (3, 4, expected)
 
 
-@pytest.mark.parametrize(
-    ("src", "expected"),
-    [(ROUTER6, RFC6791), (nsp("192.0.2.1"), "192.0.2.1"), ("2001:db8:2::9", "10.0.0.9")],
-)
-def test_icmp6_error_source(tr, src, expected):
-    out = assert_checksums(tr.translate(icmp6_error_from(tr, 1, 4, src=src), 2.0).packets[0])
-    assert out[IP].src == expected
+def test_icmp6_error_source(tr):
+    # Sources the tables translate are forged (test_6to4: ..._are_forged).
+    out = assert_checksums(tr.translate(icmp6_error_from(tr, 1, 4, src=ROUTER6), 2.0).packets[0])
+    assert out[IP].src == RFC6791
 
 
 def test_icmp6_error_source_with_lease_and_no_rfc6791_pool():
