@@ -8,7 +8,7 @@ Address mapping (who the IPv6 packet is for, who it is from):
   EAM entry's IPv6 side, the RFC 6052 prefix) is forged (``SPOOFED_SOURCE``): the
   daemon routes every one of them into the TUN, so no host on the IPv6 side has one,
   and translated it would reach the LAN as a packet from one of the LAN's own hosts
-  (a LAND packet, or "the router" that IP-based access lists trust).  A refused
+  (a LAND packet, or one from another LAN host, which IP-based access lists trust).  A refused
   lease answers ICMPv6 Destination Unreachable code 1 "administratively prohibited"
   for ``POOL_EXHAUSTED`` (RFC 7915 §5.4's default code: the client did nothing wrong,
   the translator is out of resources) and code 5 "source address failed

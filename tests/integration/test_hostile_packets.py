@@ -94,3 +94,63 @@ def test_fuzzed_and_malformed_packets_are_dropped_and_counted(dlab: DaemonLab) -
     assert dropped_after - dropped_before > 100, (before["dropped"], after["dropped"])
     assert "Traceback" not in dlab.logs()
     assert dlab.stop() == 0
+
+
+FORGER = r"""
+import sys
+from scapy.all import IPv6, UDP, Raw, conf, L3RawSocket6
+conf.verb = 0
+dst, prefix_form_of_lan_host, legit = sys.argv[1:4]
+sock = L3RawSocket6()
+for src in [prefix_form_of_lan_host] * 5 + [legit]:
+    sock.send(IPv6(src=src, dst=dst) / UDP(sport=4444, dport=9999) / Raw(b"who"))
+"""
+
+LISTENER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+s.settimeout(0.2)
+print("ready", flush=True)
+seen, deadline = [], time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    try:
+        seen.append(s.recvfrom(100)[1][0])
+    except socket.timeout:
+        pass
+print(" ".join(seen) or "-", flush=True)
+"""
+
+
+def test_a_source_in_the_rfc6052_prefix_never_reaches_the_lan(lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With translator.prefix set, an internet host sending from the prefix form of
+    another LAN host's address (192.0.2.60, say the NAS) reached the device as that
+    host, which IP-based access lists trust. Firewall off and no strict reverse-path
+    filter on the router (OpenWrt and many others): the translator alone must refuse it."""
+    from tests.integration.daemon_lab import base_config
+
+    prefix = "2001:db8:64::/96"
+    d = DaemonLab(lab, tmp_path)
+    try:
+        cfg = base_config(tmp_path, d.tun)
+        cfg["translator"]["prefix"] = prefix
+        d.write_config(cfg)
+        for conf in ("all", "default", "lan0", d.tun):
+            d.router.run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0"], check=False)
+        d.start()
+        d.router.run(["sysctl", "-qw", f"net.ipv4.conf.{d.tun}.rp_filter=0"])
+        listener = d.device.popen([sys.executable, "-c", LISTENER, "4"], stdout=subprocess.PIPE)
+        assert listener.stdout is not None and listener.stdout.readline() == b"ready\n"
+        before = status_json(d)["dropped"]
+        d.client.run(
+            [sys.executable, "-c", FORGER, DEVICE6, "2001:db8:64::c000:23c", "2001:db8:1::2"],
+            timeout=60,
+        )
+        seen = listener.stdout.readline().decode().split()
+        listener.wait(timeout=10)
+        assert len(seen) == 1 and seen[0].startswith("198.51.100."), seen  # the lease only
+        after = status_json(d)["dropped"]
+        assert after.get("spoofed_source", 0) - before.get("spoofed_source", 0) == 5  # type: ignore[union-attr]
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -103,7 +103,7 @@ def test_destination_mapping(tr, dst6, dst4, mapping):
 @pytest.mark.parametrize(
     ("src6", "dst6"),
     [
-        (nsp("192.0.2.1"), CAM6),  # the router's LAN address, which LAN devices trust
+        (nsp("192.0.2.60"), CAM6),  # another LAN host, which LAN devices trust
         (nsp(CAM4), CAM6),  # a LAND packet, through the prefix
         (nsp("8.8.4.4"), CAM6),  # any IPv4 host: the prefix is routed into the TUN
         (RANGE6 + "9", nsp("8.8.4.4")),  # a published device's own address
