@@ -75,6 +75,16 @@ _U16 = struct.Struct("!H")
 UDP_TRAIN_MAX = 64
 DF_THRESHOLD = 1260  # RFC 7915 §5.1: larger translated IPv4 packets get DF
 UDP_TRAIN_MAX_PACKET = DF_THRESHOLD
+# And at most this much UDP payload in all: the super-packet's IPv6 form (40 + 8
+# bytes of headers) must fit the 16-bit length fields and the TUN's 64 KiB. 64
+# datagrams of 1232 bytes would not (QUIC sends 1200-byte runs).
+UDP_TRAIN_MAX_PAYLOAD = 65535 - 48
+
+
+def udp_train_cap(frame: bytes) -> int:
+    """How many datagrams like ``frame`` (one with a :func:`udp_train_key`) a train may hold."""
+    l4 = VNET_HDR_LEN + (20 if frame[VNET_HDR_LEN] == 0x45 else 40)
+    return min(UDP_TRAIN_MAX, UDP_TRAIN_MAX_PAYLOAD // (len(frame) - l4 - 8))
 
 
 def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
@@ -191,7 +201,8 @@ def udp_train_key(frame: bytes) -> bytes | None:
     kernel cuts it up again, as GRO forwarding would have on a real NIC).
     Only datagrams with a partial checksum qualify: nobody has computed their
     checksum yet, so merging them loses nothing. No extension headers, IPv4
-    options or fragments.
+    options or fragments, and never empty datagrams (a super-packet of them would
+    have a segment size of 0, which the kernel refuses).
     """
     n = len(frame)
     if (
@@ -220,7 +231,7 @@ def udp_train_key(frame: bytes) -> bytes | None:
     if first >> 4 == 6:
         # IPv6: payload length == frame, next header UDP, UDP length == payload length.
         if (
-            n < VNET_HDR_LEN + 48
+            n < VNET_HDR_LEN + 49
             or frame[16] != PROTO_UDP
             or frame[6] != 40
             or n > VNET_HDR_LEN + UDP_TRAIN_MAX_PACKET + 20

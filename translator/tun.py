@@ -25,7 +25,6 @@ from translator.offload import (
     TUN_F_TSO_ECN,
     TUN_F_USO4,
     TUN_F_USO6,
-    UDP_TRAIN_MAX,
     VNET_HDR_LEN,
     coalesce_udp,
     df_free_segments_v4,
@@ -33,6 +32,7 @@ from translator.offload import (
     gso_size_of,
     prepare,
     segment_ids_v4,
+    udp_train_cap,
     udp_train_key,
 )
 
@@ -222,7 +222,7 @@ class DataPath:
         With ``udp_trains`` (the TUN takes USO), consecutive same-flow,
         same-size UDP datagrams in the queue are merged into one super-packet
         first (offload.udp_train_key): one translation and one write for up to
-        UDP_TRAIN_MAX of them. Only what is already queued is merged, so
+        udp_train_cap of them. Only what is already queued is merged, so
         nothing waits for a train to fill.
         """
         fd = self.fd
@@ -231,6 +231,7 @@ class DataPath:
         train_key_of = udp_train_key if self.udp_trains else None
         train: list[bytes] = []
         train_key: bytes | None = None
+        train_cap = 0
         count = 0
         while count < BATCH_LIMIT:
             try:
@@ -246,7 +247,7 @@ class DataPath:
                     send(data, now)
                     continue
                 key = train_key_of(data)
-                if key is not None and key == train_key and len(train) < UDP_TRAIN_MAX:
+                if key is not None and key == train_key and len(train) < train_cap:
                     train.append(data)
                     continue
                 if train:
@@ -255,7 +256,7 @@ class DataPath:
                 if key is None:
                     send(data, now)
                 else:
-                    train, train_key = [data], key
+                    train, train_key, train_cap = [data], key, udp_train_cap(data)
             except EDGE_ERRORS:
                 # The core never raises; this guards the virtio-header edge
                 # against a frame nobody foresaw: counted, dropped, loop goes on.

@@ -38,6 +38,7 @@ from translator.offload import (
     finish,
     prepare,
     segment_ids_v4,
+    udp_train_cap,
     udp_train_key,
 )
 
@@ -390,6 +391,18 @@ def test_train_keys_match_exactly_same_flow_same_size_partial_datagrams() -> Non
     assert udp_train_key(udp_frame4(0, "198.51.100.2", options=[IPOption(b"\x01" * 4)])) is None
     tcp = raw(IPv6(src=CLIENT6, dst=CAM6) / TCP() / Raw(b"x" * 64))
     assert udp_train_key(vnet(GSO_NONE, 40, 16) + tcp) is None
+
+
+@pytest.mark.parametrize("v4", [True, False])
+@pytest.mark.parametrize("size", [1, 100, 1000, 1023, 1024, 1200, 1232])
+def test_a_full_train_fits_the_length_fields_in_both_families(v4: bool, size: int) -> None:
+    """Whatever the datagram size, the largest train and its translation fit 64 KiB."""
+    head = 20 if v4 else 40
+    frame = bytes(VNET_HDR.size) + (b"\x45" if v4 else b"\x60") + bytes(head + 8 + size - 1)
+    cap = udp_train_cap(frame)
+    assert 1 <= cap <= UDP_TRAIN_MAX
+    assert 40 + 8 + cap * size <= 65535  # the IPv6 form, whichever side it is on
+    assert cap == UDP_TRAIN_MAX or 40 + 8 + (cap + 1) * size > 65535
 
 
 @settings(deadline=None, max_examples=8)
