@@ -113,22 +113,29 @@ def walk_extensions(pkt: bytes, end: int) -> tuple[int, int, int, int, int]:
     """Skip IPv6 extension headers (RFC 7915 §5.1).
 
     Returns (upper protocol, upper offset, fragment field or -1, fragment ident,
-    offset of a non-zero Segments Left byte or -1; when that is set the walk stopped
-    at the Routing header).  Raises IndexError/ValueError/struct.error
-    on truncation or nonsense, which the caller maps to MALFORMED.
+    offset of the first non-zero Segments Left byte or -1).  The walk goes on past
+    such a Routing header, so that the caller knows whether the packet it must
+    refuse is an ICMPv6 error (never answered, RFC 4443 §2.4(e)).  Raises
+    IndexError/ValueError/struct.error on truncation or nonsense, which the
+    caller maps to MALFORMED.
     """
     proto = pkt[6]
     off = 40
     frag = -1
     ident = 0
+    segments_left = -1
     for _ in range(IPV6_MAX_EXTENSIONS):
         if proto in IPV6_SKIPPED_EXTENSIONS:
             if proto == PROTO_HOPOPTS and off != 40:  # RFC 8200 §4.1: only first
                 raise ValueError("hop-by-hop not first")
             if off + 8 > end:
                 raise ValueError("truncated extension header")
-            if proto == PROTO_ROUTING and pkt[off + ROUTING_SEGMENTS_LEFT_OFFSET]:
-                return proto, off, frag, ident, off + ROUTING_SEGMENTS_LEFT_OFFSET
+            if (
+                proto == PROTO_ROUTING
+                and segments_left < 0
+                and pkt[off + ROUTING_SEGMENTS_LEFT_OFFSET]
+            ):
+                segments_left = off + ROUTING_SEGMENTS_LEFT_OFFSET
             proto, hlen = pkt[off], (pkt[off + 1] + 1) << 3
             off += hlen
         elif proto == PROTO_FRAGMENT:
@@ -144,7 +151,7 @@ def walk_extensions(pkt: bytes, end: int) -> tuple[int, int, int, int, int]:
         raise ValueError("too many extension headers")
     if off > end:
         raise ValueError("extension headers overrun payload")
-    return proto, off, frag, ident, -1
+    return proto, off, frag, ident, segments_left
 
 
 def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
@@ -160,7 +167,13 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         off, frag, fident, segments_left = 40, -1, 0, -1
     if segments_left >= 0:
         # RFC 7915 §5.1: Routing header with Segments Left != 0 -> Parameter Problem
-        # code 0 pointing at the Segments Left field.
+        # code 0 pointing at the Segments Left field (unless it carries an error).
+        carries_error = (
+            proto == PROTO_ICMPV6
+            and off < end
+            and (frag < 0 or not frag & FRAG6_OFFSET_MASK)
+            and pkt[off] < ICMP6_INFO_MIN
+        )
         return tr.error(
             pkt[:end],
             now,
@@ -169,7 +182,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
             segments_left,
             DropReason.ROUTING_HEADER,
             -1,
-            False,
+            carries_error,
         )
     first = frag < 0 or not frag & FRAG6_OFFSET_MASK
     fragmented = frag >= 0 and frag & (FRAG6_OFFSET_MASK | FRAG6_M) != 0

@@ -177,6 +177,17 @@ def test_routing_header_segments_left(tr, before, pointer):
     assert bytes(e[ICMPv6ParamProblem].payload) == bytes(p)
 
 
+def test_routing_header_on_an_icmp6_error_is_dropped_unanswered(tr):
+    """RFC 4443 §2.4(e): no error about an error, even for this refusal; an echo
+    request behind the same header is still answered."""
+    quoted = IPv6(src=CAM6, dst=CLIENT6) / UDP(sport=7, dport=9)
+    route = IPv6ExtHdrRouting(segleft=1, addresses=["2001:db8::1"])
+    v = tx(tr, IPv6(src=CLIENT6, dst=CAM6) / route / ICMPv6TimeExceeded() / quoted)
+    assert (v.action, v.reason) == (Action.DROP, DropReason.ROUTING_HEADER)
+    v = tx(tr, IPv6(src=CLIENT6, dst=CAM6) / route / ICMPv6EchoRequest())
+    assert (v.action, v.reason) == (Action.ICMP_ERROR, DropReason.ROUTING_HEADER)
+
+
 def _reassemble4(packets):
     parts = sorted((IP(p) for p in packets), key=lambda ip: ip.frag)
     data = b""
