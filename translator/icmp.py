@@ -184,6 +184,10 @@ def adjust_inner_checksum(proto: int, payload: bytes, l4_delta: int) -> bytes:
     return payload
 
 
+# The ICMPv4 length attribute is 8 bits of 32-bit words (RFC 4884 §4.1).
+RFC4884_MAX_ORIGINAL4 = 255 * 4
+
+
 def split_rfc4884(body: bytes, length_attr: int, unit: int) -> tuple[bytes, bytes]:
     """Split an error body into (original datagram, extension structure).
 
@@ -197,12 +201,13 @@ def split_rfc4884(body: bytes, length_attr: int, unit: int) -> tuple[bytes, byte
 
 
 def pad_rfc4884(original: bytes, unit: int, limit: int) -> bytes:
-    """Zero-pad ``original`` to >= 128 bytes and a multiple of ``unit``, cut to ``limit``."""
+    """Zero-pad ``original`` to >= 128 bytes and a multiple of ``unit``, cut to ``limit``
+    (RFC 4884 §4.1 lets a translator truncate the original datagram to fit)."""
     n = max(len(original), RFC4884_MIN_ORIGINAL)
     n = -(-n // unit) * unit
     if n > limit:
         n = limit - limit % unit
-    return (original + bytes(n - len(original)))[:n]
+    return original[:n] + bytes(max(0, n - len(original)))
 
 
 def build_icmp4_error(

@@ -74,6 +74,7 @@ from .icmp import (
     KIND_MTU,
     KIND_POINTER,
     POINTER_6_TO_4,
+    RFC4884_MAX_ORIGINAL4,
     RFC4884_TYPES_4,
     RFC4884_TYPES_6,
     adjust_inner_checksum,
@@ -393,7 +394,7 @@ def translate_icmp6_error(
     if ext and t4 in RFC4884_TYPES_4:
         # RFC 4884 §4.1, RFC 7915 §5.2: original datagram padded to a 32-bit boundary
         # and >= 128 bytes, length attribute in 32-bit words at byte 5.
-        inner = pad_rfc4884(inner, 4, 1024)
+        inner = pad_rfc4884(inner, 4, RFC4884_MAX_ORIGINAL4)
         rest |= (len(inner) // 4) << 16
         body = inner + ext
     else:

@@ -391,3 +391,20 @@ def test_rfc4884_icmp6_to_icmp4(tr):
     assert msg[8 + 128 :] == ext
     quoted = IP(msg[8 : 8 + 40])
     assert (quoted.src, quoted.dst, quoted.len) == (CAM4, "198.51.100.2", 40)
+
+
+@pytest.mark.parametrize("size", [1016, 1040, 1048, 1200])
+def test_rfc4884_long_original_is_cut_to_what_the_icmpv4_length_can_say(tr, size):
+    """ICMPv4 counts 32-bit words in 8 bits: 1020 bytes at most. An original whose
+    translation is longer was dropped as malformed; now it is cut (RFC 4884 §4.1)."""
+    lease(tr)
+    inner = bytes(IPv6(src=CAM6, dst=CLIENT6) / UDP(sport=1, dport=2) / Raw(b"y" * (size - 48)))
+    ext = _with_ext_checksum(EXTENSION)
+    raw = icmp6_error_from(tr, 1, 4, bytes([size // 8, 0, 0, 0]), Raw(inner + ext))
+    v = tr.translate(raw, 2.0)
+    assert v.action == Action.FORWARD, v
+    msg = bytes(IP(v.packets[0]))[20:]
+    assert ones_complement_ok(msg)
+    words = min(size - 20, 1020) // 4  # the IPv4 form is 20 bytes shorter
+    assert (msg[4], msg[5]) == (0, words)
+    assert msg[8 + 4 * words :] == ext
