@@ -53,6 +53,7 @@ from .headers import (
     PROTO_FRAGMENT,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_IGMP,
     PROTO_TCP,
     PROTO_UDP,
     TCP_CHECKSUM_OFFSET,
@@ -126,7 +127,8 @@ def translate_4to6(tr: Translator, pkt: bytes, now: float) -> Verdict:
         if fragmented:
             return drop(DropReason.FRAGMENTED_ICMP)
         is_error = payload[0] in ICMP4_ERROR_TYPES
-    elif proto == PROTO_ICMPV6:
+    elif proto == PROTO_ICMPV6 or proto == PROTO_IGMP:
+        # RFC 7915 §4.2: IGMP messages are single-hop and SHOULD be silently dropped.
         return drop(DropReason.UNSUPPORTED_PROTOCOL)
     if ihl > 20 and has_source_route(pkt, ihl):
         # RFC 7915 §4.1: unexpired source route -> Destination Unreachable code 5.

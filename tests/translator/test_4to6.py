@@ -240,11 +240,14 @@ def test_informational_without_equivalent(tr, itype):
     assert (v.action, v.reason) == (Action.DROP, DropReason.UNSUPPORTED_ICMP)
 
 
-def test_icmpv6_over_ipv4_and_fragmented_icmp(tr):
+def test_icmpv6_over_ipv4_igmp_and_fragmented_icmp(tr):
     pool4 = lease(tr)
     assert tx(tr, IP(src=CAM4, dst=pool4, proto=58) / Raw(bytes(8))).reason == (
         DropReason.UNSUPPORTED_PROTOCOL
     )
+    # RFC 7915 §4.2: IGMP is single-hop; silently dropped.
+    v = tx(tr, IP(src=CAM4, dst=pool4, proto=2) / Raw(bytes.fromhex("1164ee9b00000000")))
+    assert (v.action, v.reason) == (Action.DROP, DropReason.UNSUPPORTED_PROTOCOL)
     v = tx(tr, IP(src=CAM4, dst=pool4, flags="MF") / ICMP() / Raw(b"a" * 16))
     assert v.reason == DropReason.FRAGMENTED_ICMP
 
