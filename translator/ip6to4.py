@@ -144,7 +144,10 @@ def walk_extensions(pkt: bytes, end: int) -> tuple[int, int, int, int, int]:
                 raise ValueError("second or truncated fragment header")
             proto, _res, frag, ident = FRAG6.unpack_from(pkt, off)
             off += 8
-            if frag & FRAG6_OFFSET_MASK:  # non-first fragment: the rest is payload
+            if frag & FRAG6_OFFSET_MASK or proto in _EXTENSIONS:
+                # A non-first fragment: the rest is payload. An extension header
+                # after the Fragment header is part of the fragmented data, so
+                # skipping it here would shift every offset: the caller drops it.
                 break
         else:
             break
@@ -196,7 +199,10 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         if fragmented:
             return drop(DropReason.FRAGMENTED_ICMP)
         is_error = payload[0] < ICMP6_INFO_MIN
-    elif proto == PROTO_ICMP:
+    elif proto == PROTO_ICMP or proto in _EXTENSIONS:
+        # ICMPv4 inside IPv6, or an extension header behind a Fragment header (RFC
+        # 7915 has no stateless translation for that; the IPv4 fragments would not
+        # reassemble).
         return drop(DropReason.UNSUPPORTED_PROTOCOL)
 
     tables = tr._tables

@@ -64,7 +64,8 @@ class DropReason(IntEnum):
     FRAGMENTED_ICMP = 15
     """Fragmented ICMP: the ICMPv6 pseudo-header needs the whole message length."""
     UNSUPPORTED_PROTOCOL = 16
-    """ICMPv6 carried over IPv4 or ICMPv4 carried over IPv6: no meaningful translation."""
+    """No meaningful translation: ICMPv6 over IPv4, ICMPv4 over IPv6, IGMP (single-hop,
+    RFC 7915 §4.2), or an IPv6 extension header behind a Fragment header."""
     BAD_CHECKSUM = 17
     """An ICMP error whose checksum is wrong; it is rebuilt, so it is verified first."""
     ICMP_INNER_UNTRANSLATABLE = 18

@@ -352,3 +352,21 @@ def test_multicast_destination_is_dropped_as_multicast_without_an_error():
     pkt = raw(IPv6(src="fe80::1", dst="ff02::16", hlim=1) / ICMPv6MLReport2())
     v = tr.translate(pkt, 1.0)
     assert v.action is Action.DROP and v.reason is DropReason.MULTICAST
+
+
+def test_an_extension_header_behind_the_fragment_header_is_not_translated(tr):
+    """RFC 8200 §4.1 puts Destination Options there; it is then part of the
+    fragmented data, so the IPv4 fragments (one protocol 17, one 60, a gap) would
+    never reassemble. Both fragments are dropped instead."""
+    whole = (
+        IPv6(src=CLIENT6, dst=CAM6)
+        / IPv6ExtHdrFragment(id=9)
+        / IPv6ExtHdrDestOpt()
+        / UDP(sport=1, dport=2)
+        / Raw(b"d" * 200)
+    )
+    pieces = fragment6(whole, 150)
+    assert len(pieces) >= 2
+    for piece in pieces:
+        v = tx(tr, piece)
+        assert (v.action, v.reason) == (Action.DROP, DropReason.UNSUPPORTED_PROTOCOL)
