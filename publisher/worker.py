@@ -41,7 +41,7 @@ import signal
 import socket
 import struct
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -336,9 +336,7 @@ class Worker:
         """
         self.datapath.translator = Translator(settings, tables, self.pool)
         self.datapath.gso_translator = (
-            Translator(replace(settings, mtu=65535, lowest_ipv6_mtu=65535), tables, self.pool)
-            if self.offloads
-            else None
+            Translator.for_super_packets(settings, tables, self.pool) if self.offloads else None
         )
         # Coalesced UDP trains are written as USO super-packets.
         self.datapath.udp_trains = bool(self.offloads & TUN_F_USO4)

@@ -28,6 +28,8 @@ from .tables import Tables
 from .verdict import DROP_MALFORMED, DROP_MULTICAST, Action, DropReason, Verdict, drop
 
 UDP_ZERO_CHECKSUM_MODES = ("compute", "drop")
+# The MTUs of the super-packet twin: above any packet's size, translated or not.
+SUPER_PACKET_MTU = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,21 @@ class Translator:
         self.icmp_errors_rate_limited = 0
         self._tables = tables
         self.tables = tables
+
+    @classmethod
+    def for_super_packets(
+        cls, settings: TranslatorSettings, tables: Tables, pool: Pool4 | SharedPool4
+    ) -> Translator:
+        """The twin that translates GSO super-packets: same tables and pool, no MTU rules.
+
+        The kernel cuts its output to the real MTU afterwards, so nothing may be
+        fragmented or refused for its size here. (65535 would not do: a 65,518-byte
+        IPv4 super-packet is 65,538 bytes as IPv6, and was refused with Fragmentation
+        Needed, or with DF clear fragmented around a partial checksum.)
+        """
+        twin = cls(settings, tables, pool)
+        twin.mtu = twin.lowest_ipv6_mtu = SUPER_PACKET_MTU
+        return twin
 
     @property
     def tables(self) -> Tables:

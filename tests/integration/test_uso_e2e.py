@@ -213,3 +213,47 @@ def test_features_are_restored_after_sigkill_by_the_next_start(lab: Lab, tmp_pat
         assert {dev: features(d, dev) for dev in ("wan0", "lan0")} == before
     finally:
         d.close()
+
+
+# 59 x 1110 bytes: the IPv4 super-packet is 65,518 bytes, so its IPv6 form (65,538)
+# is over 64 KiB. The worker's super-packet translator must not apply an MTU to it.
+# (Bigger ones are cut up by the device's veth already: it counts its 14-byte
+# Ethernet header against gso_max_size.)
+BIG_SEGMENT, BIG_COUNT = 1110, 59
+
+BIG_DEVICE = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0', 9300)); s.settimeout(10)\n"
+    "print('ready', flush=True)\n"
+    "_, peer = s.recvfrom(100)\n"
+    f"s.setsockopt(socket.SOL_UDP, {UDP_SEGMENT}, {BIG_SEGMENT})\n"
+    f"s.sendto(b''.join(bytes([i]) * {BIG_SEGMENT} for i in range({BIG_COUNT})), peer)\n"
+)
+
+BIG_CLIENT = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+    f"s.setsockopt(socket.SOL_SOCKET, {SO_RCVBUFFORCE}, 1 << 24)\n"
+    f"s.connect(('{DEVICE6}', 9300)); s.settimeout(3)\n"
+    "s.send(b'go')\n"
+    "got = []\n"
+    "try:\n"
+    f"    while len(got) < {BIG_COUNT}: got.append(s.recv(65535))\n"
+    "except socket.timeout:\n"
+    "    pass\n"
+    f"print(sum(d == bytes([i]) * {BIG_SEGMENT} for i, d in enumerate(got)), len(got))\n"
+)
+
+
+def test_a_superpacket_whose_ipv6_form_exceeds_64_kib_still_arrives(dlab: DaemonLab) -> None:
+    dlab.start()
+    device = dlab.device.popen([sys.executable, "-c", BIG_DEVICE], stdout=subprocess.PIPE)
+    try:
+        assert device.stdout is not None and device.stdout.readline().strip() == b"ready"
+        out = dlab.client.run([sys.executable, "-c", BIG_CLIENT], timeout=30).stdout.split()
+        assert device.wait(timeout=10) == 0
+    finally:
+        device.kill()
+    assert out == [str(BIG_COUNT), str(BIG_COUNT)], dlab.logs()[-2000:]
+    assert_no_checksum_errors(dlab)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -44,7 +43,7 @@ def tun() -> Iterator[tuple[DataPath, socket.socket]]:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     tr = make_translator()
-    gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     path = DataPath(ours.fileno(), tr, Counters(len(tr.tables.eam)), gso)
     path.udp_trains = True
     try:

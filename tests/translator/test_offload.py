@@ -10,7 +10,6 @@ and let scapy verify it from scratch.
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -61,7 +60,9 @@ def vnet(gso: int, l4: int, csum_offset: int, gso_size: int = 0, hdr_len: int = 
 def translate_with_offload(
     tr_pkt: bytes, header: bytes, gso_tr: bool = False
 ) -> list[tuple[bytes, bytes]]:
-    tr = make_translator(mtu=65535, lowest_ipv6_mtu=65535) if gso_tr else make_translator()
+    tr = make_translator()
+    if gso_tr:
+        tr = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     pkt, csum_offset, gso = prepare(header + tr_pkt, tr.lowest_ipv6_mtu)
     verdict = tr.translate(pkt, 1.0)
     assert verdict.action is Action.FORWARD, verdict
@@ -118,7 +119,7 @@ def test_tcpv4_superpacket_becomes_tcpv6_superpacket_with_valid_seed() -> None:
     pkt = partial(pkt, 20, 16)
     header = vnet(GSO_TCPV4, 20, 16, 1448, 40)
     # The daemon's twin for super-packets: same tables and pool, size rules lifted.
-    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    tr_gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     prepared, csum_offset, gso = prepare(header + pkt, tr_gso.lowest_ipv6_mtu)
     verdict = tr_gso.translate(prepared, 1.0)
     assert verdict.action is Action.FORWARD
@@ -271,7 +272,7 @@ def test_udpv4_superpacket_becomes_udpv6_superpacket_with_valid_segments() -> No
     )
     pkt = uso_partial(pkt, 20)
     header = vnet(GSO_UDP_L4, 20, 6, 100, 28)
-    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    tr_gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     prepared, csum_offset, gso = prepare(header + pkt, tr_gso.lowest_ipv6_mtu)
     verdict = tr_gso.translate(prepared, 1.0)
     assert verdict.action is Action.FORWARD and len(verdict.packets) == 1
@@ -283,6 +284,37 @@ def test_udpv4_superpacket_becomes_udpv6_superpacket_with_valid_segments() -> No
     for seg in segments:
         assert_valid_l4(seg)
     assert b"".join(bytes(IPv6(s)[UDP].payload) for s in segments) == payload
+
+
+@pytest.mark.parametrize("df", [True, False])
+def test_an_ipv4_superpacket_whose_ipv6_form_is_over_64_kib_is_translated_whole(
+    df: bool,
+) -> None:
+    """59 x 1110 bytes: 65,518 bytes of IPv4, 65,538 as IPv6. With DF it was refused
+    (Fragmentation Needed 65515 to the device), without DF cut into IPv6 fragments
+    around a partial checksum; the kernel segments it to the real MTU anyway."""
+    tr = make_translator()
+    first = tr.translate(raw(IPv6(src=CLIENT6, dst=CAM6) / UDP(sport=1, dport=2)), 1.0)
+    pool_addr = IP(first.packets[0]).src
+    payload = b"".join(bytes([i]) * 1110 for i in range(59))
+    pkt = raw(
+        IP(src=CAM4, dst=pool_addr, ttl=64, flags="DF" if df else 0)
+        / UDP(sport=5201, dport=40000)
+        / Raw(payload)
+    )
+    assert len(pkt) == 65518
+    tr_gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
+    prepared, csum_offset, gso = prepare(
+        vnet(GSO_UDP_L4, 20, 6, 1110, 28) + uso_partial(pkt, 20), tr_gso.lowest_ipv6_mtu
+    )
+    verdict = tr_gso.translate(prepared, 1.0)
+    assert verdict.action is Action.FORWARD and len(verdict.packets) == 1
+    hdr, out = joined(finish(verdict.packets[0], csum_offset, gso, 1110))
+    assert len(out) == 65538 and IPv6(out).plen == 65498
+    segments = segment_udp_like_kernel(hdr, out)
+    assert len(segments) == 59
+    for seg in segments:
+        assert_valid_l4(seg)
 
 
 def _client_with_seed(target: int, udp_len: int) -> str:
@@ -414,7 +446,7 @@ def test_a_v6_train_translates_to_the_datagrams_each_would_have_become(
     tr = make_translator()
     alone = [tr.translate(prepare(f, 1280)[0], 1.0).packets[0] for f in frames]
     merged = coalesce_udp(frames)
-    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    tr_gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     pkt, csum_offset, gso = prepare(merged, tr_gso.lowest_ipv6_mtu)
     assert gso == GSO_UDP_L4
     [out] = tr_gso.translate(pkt, 1.0).packets
@@ -446,7 +478,7 @@ def test_a_v4_train_translates_to_the_datagrams_each_would_have_become() -> None
     lease = IP(first.packets[0]).src
     frames = [udp_frame4(i, lease, 100, ident=i) for i in range(10)]
     alone = [tr.translate(prepare(f, 1280)[0], 1.0).packets[0] for f in frames]
-    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    tr_gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     pkt, csum_offset, gso = prepare(coalesce_udp(frames), tr_gso.lowest_ipv6_mtu)
     [out] = tr_gso.translate(pkt, 1.0).packets
     hdr, body = joined(finish(out, csum_offset, gso, 100))
@@ -480,7 +512,7 @@ def test_tcp_super_packet_segments_within_1260_bytes_leave_with_df_clear(
     )
     pkt = partial(pkt, 40, 16)
     header = vnet(GSO_TCPV6, 40, 16, mss, 72)
-    tr_gso = Translator(replace(tr.settings, mtu=65535, lowest_ipv6_mtu=65535), tr.tables, tr.pool)
+    tr_gso = Translator.for_super_packets(tr.settings, tr.tables, tr.pool)
     prepared, csum_offset, gso = prepare(header + pkt, tr_gso.lowest_ipv6_mtu)
     [out] = tr_gso.translate(prepared, 1.0).packets
     assert IP(out).flags.DF  # the core saw one large packet

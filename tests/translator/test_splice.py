@@ -12,7 +12,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 from tr_testlib import CAM4, CAM6, CLIENT6, assert_checksums, make_translator, one
 
-from translator import DropReason
+from translator import DropReason, Translator
 from translator.headers import SPLICE_VIEW_MIN, splice_u16
 
 
@@ -37,7 +37,8 @@ def test_splice_equals_the_obvious_concatenation(
 @pytest.mark.parametrize("l4", ["tcp", "udp"])
 def test_super_packet_sizes_translate_with_valid_checksums(size: int, l4: str) -> None:
     # The GSO twin's limits (MTU lifted), so a 60 kB packet is one translation.
-    tr = make_translator(mtu=65535, lowest_ipv6_mtu=65535)
+    base = make_translator()
+    tr = Translator.for_super_packets(base.settings, base.tables, base.pool)
     seg = TCP(sport=40000, dport=80, flags="A") if l4 == "tcp" else UDP(sport=40000, dport=53)
     payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
     out = one(tr.translate(bytes(IPv6(src=CLIENT6, dst=CAM6) / seg / Raw(payload)), 1.0))
