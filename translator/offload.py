@@ -37,7 +37,7 @@ import struct
 from typing import Union
 
 from .checksum import add, checksum, neg, ones_sum
-from .headers import U16, splice_u16
+from .headers import IPV6_SKIPPED_EXTENSIONS, U16, splice_u16
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_off
 VNET_HDR_LEN = VNET_HDR.size  # 10
@@ -118,7 +118,7 @@ def prepare(frame: bytes, lowest_ipv6_mtu: int) -> tuple[bytes, int, int]:
     if first >> 4 == 4:
         l4, proto = (first & 0x0F) * 4, frame[VNET_HDR_LEN + 9]
     else:
-        l4, proto = 40, frame[VNET_HDR_LEN + 6]
+        l4, proto = upper_layer6(frame, csum_start)
     if csum_start != l4 or proto not in (PROTO_TCP, PROTO_UDP):
         # IPv4 options or IPv6 extension headers: finish here, stay simple.
         return complete_checksum(frame[VNET_HDR_LEN:], csum_start, csum_offset), 0, GSO_NONE
@@ -145,6 +145,22 @@ def prepare(frame: bytes, lowest_ipv6_mtu: int) -> tuple[bytes, int, int]:
             # The core will fragment it: give it a finished checksum instead.
             return complete_checksum(frame[VNET_HDR_LEN:], csum_start, csum_offset), 0, GSO_NONE
     return splice_u16(b"", frame, VNET_HDR_LEN, at, seed ^ 0xFFFF, len(frame)), csum_offset, gso
+
+
+def upper_layer6(frame: bytes, csum_start: int) -> tuple[int, int]:
+    """(offset, protocol) of the upper layer of the IPv6 packet in ``frame``, following
+    Hop-by-Hop, Routing and Destination Options headers no further than ``csum_start``.
+
+    GRO merges TCP segments that carry such headers, and the core skips them; a
+    super-packet must then keep its offload, or it would leave as one huge packet.
+    """
+    off, proto = 40, frame[VNET_HDR_LEN + 6]
+    while proto in IPV6_SKIPPED_EXTENSIONS and off < csum_start:
+        at = VNET_HDR_LEN + off
+        if at + 2 > len(frame):
+            break
+        proto, off = frame[at], off + ((frame[at + 1] + 1) << 3)
+    return off, proto
 
 
 # (typing.Union: a module-level alias is evaluated at run time, and 3.9 has no X | Y.)

@@ -107,6 +107,25 @@ def test_tcpv6_superpacket_becomes_tcpv4_superpacket_with_valid_seed() -> None:
     assert_valid_l4(completed(hdr, out))
 
 
+def test_tcpv6_superpacket_with_a_destination_options_header_keeps_its_offload() -> None:
+    """GRO merges such segments too; the core drops the header. Without the offload
+    the 30 kB super-packet left as one IPv4 packet the kernel would not send."""
+    payload = bytes(range(256)) * 120
+    plain = partial(
+        raw(IPv6(src=CLIENT6, dst=CAM6) / TCP(sport=40000, dport=80, flags="A") / Raw(payload)),
+        40,
+        16,
+    )
+    opts = b"\x06\x00" + bytes(6)  # Destination Options, next header TCP, 8 bytes of padding
+    pkt = plain[:4] + struct.pack("!HB", len(plain) - 40 + 8, 60) + plain[7:40] + opts + plain[40:]
+    [(hdr, out)] = translate_with_offload(pkt, vnet(GSO_TCPV6, 48, 16, 1428, 68), gso_tr=True)
+    _flags, gso, hdr_len, gso_size, start, offset = VNET_HDR.unpack(hdr)
+    assert (gso, start, offset, gso_size, hdr_len) == (GSO_TCPV4, 20, 16, 1428, 40)
+    ip4 = IP(completed(hdr, out))
+    assert ip4.proto == 6 and bytes(ip4[TCP].payload) == payload
+    assert_valid_l4(completed(hdr, out))
+
+
 def test_tcpv4_superpacket_becomes_tcpv6_superpacket_with_valid_seed() -> None:
     tr = make_translator()
     # Lease a pool4 address for the client first (the 6->4 direction creates it).
