@@ -1,4 +1,4 @@
-"""Netlink notifications that wake the supervisor: links, IPv6 addresses and our routes.
+"""Netlink notifications that wake the supervisor: links, IPv6 addresses, our routes, sysctls.
 
 What the kernel changes behind the daemon's back needs a prompt answer:
 
@@ -13,6 +13,9 @@ What the kernel changes behind the daemon's back needs a prompt answer:
 * **A route of ours deleted by someone else** (``ip route flush``, a script)
   takes its mapping off the air.
 * **A new delegated prefix** (``wan.prefix_from``) arrives as an address.
+* **Forwarding or proxy_ndp switched off** (a script, another network manager
+  writing its own sysctls) silently stops the translated traffic; the kernel
+  announces it as an ``RTM_NEWNETCONF``.
 
 :class:`NetlinkEvents` is a socket subscribed to those groups; the daemon
 selects on it instead of sleeping.  It keeps no state: :meth:`drain` says
@@ -38,10 +41,20 @@ RTMGRP_LINK = 0x1
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
+RTMGRP_IPV4_NETCONF = 1 << (24 - 1)  # RTNLGRP_IPV4_NETCONF (Linux 3.2+; older kernels
+RTMGRP_IPV6_NETCONF = 1 << (25 - 1)  # ignore the bits, and the 60 s look remains)
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_DELROUTE = 25
-GROUPS = RTMGRP_LINK | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+RTM_NEWNETCONF = 80
+GROUPS = (
+    RTMGRP_LINK
+    | RTMGRP_IPV6_IFADDR
+    | RTMGRP_IPV4_ROUTE
+    | RTMGRP_IPV6_ROUTE
+    | RTMGRP_IPV4_NETCONF
+    | RTMGRP_IPV6_NETCONF
+)
 
 
 @dataclass(frozen=True)
@@ -50,14 +63,16 @@ class Changes:
 
     ``routes_deleted`` holds the destinations (``address/length``) of deleted
     main-table routes with our protocol number; the daemon puts back those it
-    did not delete itself.  ``lost``: the kernel dropped notifications, so
-    anything may have changed.
+    did not delete itself.  ``settings``: an interface's forwarding or proxy_ndp
+    setting changed (anyone's, ours included).  ``lost``: the kernel dropped
+    notifications, so anything may have changed.
     """
 
     links: bool = False
     addresses: bool = False
     routes_deleted: frozenset[str] = frozenset()
     lost: bool = False
+    settings: bool = False
 
     def __or__(self, other: Changes) -> Changes:
         return Changes(
@@ -65,13 +80,16 @@ class Changes:
             self.addresses or other.addresses,
             self.routes_deleted | other.routes_deleted,
             self.lost or other.lost,
+            self.settings or other.settings,
         )
 
     def __bool__(self) -> bool:
-        return self.links or self.addresses or bool(self.routes_deleted) or self.lost
+        return (
+            self.links or self.addresses or bool(self.routes_deleted) or self.lost or self.settings
+        )
 
 
-LOST = Changes(links=True, addresses=True, lost=True)
+LOST = Changes(links=True, addresses=True, lost=True, settings=True)
 
 
 def classify(data: bytes, protocol: int = -1) -> Changes:
@@ -80,16 +98,17 @@ def classify(data: bytes, protocol: int = -1) -> Changes:
     Route deletions count only for routes with ``protocol`` (ours); a
     route added, by us or anyone, is not a change worth waking for.
     """
-    links = addresses = False
+    links = addresses = settings = False
     deleted: set[str] = set()
     for msg_type, start, end in messages(data):
         links = links or msg_type in (RTM_NEWLINK, RTM_DELLINK)
         addresses = addresses or msg_type in (RTM_NEWADDR, RTM_DELADDR)
+        settings = settings or msg_type == RTM_NEWNETCONF
         if msg_type == RTM_DELROUTE:
             dst = route_destination(data, start, end, protocol)
             if dst is not None:
                 deleted.add(dst)
-    return Changes(links, addresses, frozenset(deleted))
+    return Changes(links, addresses, frozenset(deleted), settings=settings)
 
 
 class _Subscription:
@@ -129,7 +148,7 @@ class _Subscription:
 
 
 class NetlinkEvents(_Subscription):
-    """Readable when a link, IPv6 address or route changes."""
+    """Readable when a link, IPv6 address, route or forwarding setting changes."""
 
     def __init__(self, protocol: int = -1, groups: int = GROUPS) -> None:
         # A reload that adds 10,000 mappings announces 10,000 routes: room for most

@@ -78,13 +78,23 @@ def test_proxy_entries_come_back_after_a_wan_link_flap(dlab: DaemonLab) -> None:
     assert restored(d) == before + 1
     assert "gone behind our back (a link down or recreated, a route deleted?)" in d.logs()
 
-    # Removed by hand, with proxy_ndp switched off: a reload mends both.
+    # proxy_ndp switched off (and the entry removed) by hand: the kernel's netconf
+    # notification wakes the daemon, which puts both back without a reload.
     d.router.run(f"ip -6 neigh del proxy {ONLINK6} dev wan0")
     d.router.sysctl("net.ipv6.conf.wan0.proxy_ndp", 0)
-    d.reload()
-    assert ONLINK6 in proxies(d) and proxy_ndp(d) == "1"
+    wait_for(lambda: proxy_ndp(d) == "1", timeout=10, what="proxy_ndp put back")
+    wait_for(lambda: ONLINK6 in proxies(d), timeout=10, what="the proxy entry back")
     assert pings(d)
     assert restored(d) == before + 3
+
+    # Forwarding switched off: the same.
+    d.router.sysctl("net.ipv6.conf.all.forwarding", 0)
+    wait_for(
+        lambda: d.router.run("sysctl -n net.ipv6.conf.all.forwarding").stdout.strip() == "1",
+        timeout=10,
+        what="forwarding put back",
+    )
+    assert pings(d)
 
 
 def test_an_address_that_comes_later_gets_its_proxy_entry(dlab: DaemonLab) -> None:

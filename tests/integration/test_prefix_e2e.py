@@ -46,7 +46,7 @@ def collect(done, seconds=5.0):
     while not done(seen) and time.monotonic() < deadline:
         if select.select([events], [], [], max(0.0, deadline - time.monotonic()))[0]:
             seen = seen | events.drain()
-    return f"links={seen.links} addresses={seen.addresses}"
+    return f"links={seen.links} addresses={seen.addresses} settings={seen.settings}"
 def ip(*args):
     subprocess.run(["ip", *args], check=True)
 print(collect(lambda c: False, 0.2))
@@ -57,6 +57,10 @@ ip("-6", "addr", "del", "2001:db8:aa::1/64", "dev", "pd0")
 print(collect(lambda c: c.addresses))
 ip("link", "set", "pd0", "down")
 print(collect(lambda c: c.links))
+subprocess.run(["sysctl", "-qw", "net.ipv6.conf.pd0.proxy_ndp=1"], check=True)
+print(collect(lambda c: c.settings))
+subprocess.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+print(collect(lambda c: c.settings))
 """
 
 
@@ -116,16 +120,18 @@ def test_read_prefix_picks_the_preferred_global_prefix(lab: Lab, tmp_path: Path)
     assert out[:3] == ["2001:db8:bb::/64", "2001:db8:cc::/64", "no interface nope0"]
 
 
-def test_netlink_events_wake_on_address_and_link_changes(lab: Lab) -> None:
+def test_netlink_events_wake_on_address_link_and_sysctl_changes(lab: Lab) -> None:
     """The socket the daemon waits on instead of sleeping, and what it tells apart."""
     ns = lab.netns("pev")
     link_pd0(ns)
     out = ns.run([sys.executable, "-c", WATCH_ADDRESSES, str(ROOT)]).stdout.splitlines()
-    assert out[0] == "links=False addresses=False"
-    assert out[1] == "links=False addresses=True"  # added
-    assert out[2] == "links=False addresses=False"  # nothing more that counts
-    assert out[3] == "links=False addresses=True"  # deleted
+    assert out[0] == "links=False addresses=False settings=False"
+    assert out[1] == "links=False addresses=True settings=False"  # added
+    assert out[2] == "links=False addresses=False settings=False"  # nothing more that counts
+    assert out[3] == "links=False addresses=True settings=False"  # deleted
     assert out[4].startswith("links=True")  # the link went down
+    assert out[5].endswith("settings=True")  # proxy_ndp (RTM_NEWNETCONF)
+    assert out[6].endswith("settings=True")  # IPv4 forwarding
 
 
 def test_mapping_follows_a_renumbered_prefix(lab: Lab, tmp_path: Path) -> None:

@@ -186,6 +186,16 @@ def test_classify_reports_only_our_deleted_main_table_routes() -> None:
     assert not classify(_route_message(24, "2001:db8:200::52", 128, 164), 164)
 
 
+def test_classify_reports_a_changed_forwarding_or_proxy_ndp_setting() -> None:
+    from publisher.nlevents import classify
+
+    body = struct.pack("=B3x", socket.AF_INET6) + _attr(2, struct.pack("=i", 0))  # forwarding 0
+    netconf = NLMSGHDR.pack(NLMSGHDR.size + len(body), 80, 0, 0, 0) + body  # RTM_NEWNETCONF
+    changes = classify(netconf, 164)
+    assert changes.settings and changes
+    assert not changes.links and not changes.addresses and not changes.routes_deleted
+
+
 def _nft_message(op: int, family: int, table: bytes) -> bytes:
     body = struct.pack("=BBH", family, 0, 0) + _attr(1, table + b"\0")
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), 10 << 8 | op, 0, 0, 0) + body
