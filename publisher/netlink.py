@@ -176,16 +176,49 @@ class AppliedState:
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write-then-rename, so a crash leaves the old file or the new one, never half."""
+    """Write-then-rename, so a crash or power loss leaves the old file or the new one,
+    never half of one; a full disk raises OSError and leaves the old file.
+
+    (``os.write`` may write less than asked when the disk fills: every byte is
+    written or the call fails, and the temporary file goes with the failure.)
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    data = memoryview(text.encode())
     try:
-        os.write(fd, text.encode())
+        tmp.unlink()  # a crashed process's, with the same pid
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` survive power loss (router flash); best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
         os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def read_sysctl(path: str) -> str:
@@ -244,16 +277,23 @@ class NetlinkManager:
         """
         done: list[str] = []
         old: AppliedState | None = None
+        unreadable = False
         if self.state_file.exists():
             try:
                 old = AppliedState.from_json(self.state_file.read_text())
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("ignoring unreadable state file %s: %s", self.state_file, exc)
-                old = AppliedState()
+                old, unreadable = AppliedState(), True
         idx = self.link_index(self.tun_device)
         if idx is not None and (old is None or old.tun_device != self.tun_device):
             raise NetlinkError(self._foreign_device(idx))
-        if old is not None:
+        if unreadable:
+            done.append(
+                f"{self.state_file} was unreadable: routes of ours are found by their "
+                "protocol and removed, but proxy NDP entries and sysctls the previous "
+                "run changed cannot be known and stay as they are"
+            )
+        elif old is not None:
             self.state = old
             self._undo_all()
             done.append(f"undid the previous run's changes recorded in {self.state_file}")

@@ -399,3 +399,18 @@ def test_a_second_daemon_on_the_same_config_changes_nothing(dlab: DaemonLab) -> 
     out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
     assert "2 received" in out.stdout
     assert dlab.stop() == 0
+
+
+def test_an_unreadable_state_file_is_said_so_not_called_undone(dlab: DaemonLab) -> None:
+    """A state file cut short (a full disk, before atomic_write checked its writes):
+    the next start says what it could and could not undo, and comes up."""
+    dlab.start()
+    assert dlab.stop(signal.SIGKILL) == -signal.SIGKILL
+    state = dlab.tmp / "state" / "netstate.json"
+    state.write_text(state.read_text()[:10])
+    dlab.start()
+    logs = dlab.logs()
+    assert "was unreadable: routes of ours are found by their protocol and removed" in logs
+    assert "undid the previous run's changes" not in logs.split("was unreadable")[-1]
+    out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
+    assert "2 received" in out.stdout
