@@ -198,6 +198,7 @@ class Daemon:
         # Fork the data-plane workers first, while this process is still small.
         for _ in range(peek_workers(self.config_path)):
             self.workers.append(WorkerHandle())
+        self.catch_signals()
         # Without a prefix yet, start anyway: the IPv4 side and the mappings written
         # in full serve, and the ::suffix ones follow once _check_prefix sees one.
         cfg = load_config_compact(self.config_path, placeholder=True)  # ConfigError: CLI
@@ -441,11 +442,21 @@ class Daemon:
 
     # -- main loop ----------------------------------------------------------------
 
-    def run(self) -> int:
-        """Wait for signals; the packets are the worker's business."""
+    def catch_signals(self) -> None:
+        """SIGHUP asks for a reload, SIGTERM/SIGINT for a clean stop.
+
+        Installed as soon as the workers are forked: a signal during start-up
+        (procd's reload trigger at boot, ``systemctl stop`` while starting)
+        killed the supervisor with the default action, leaving the router changed.
+        Start-up finishes, then run() reloads or stops.
+        """
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
+
+    def run(self) -> int:
+        """Wait for signals; the packets are the worker's business."""
+        self.catch_signals()
         sdnotify.notify("READY=1", self.status_line())
         next_firewall_check = time.monotonic() + self.cfg.firewall.check_interval
         next_prefix_check = time.monotonic() + PREFIX_CHECK_INTERVAL

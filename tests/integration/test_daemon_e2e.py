@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -414,3 +415,39 @@ def test_an_unreadable_state_file_is_said_so_not_called_undone(dlab: DaemonLab) 
     assert "undid the previous run's changes" not in logs.split("was unreadable")[-1]
     out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
     assert "2 received" in out.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_start_up_ends_in_a_clean_stop_or_a_reload(
+    dlab: DaemonLab, sig: int
+) -> None:
+    """procd's reload trigger at boot, `systemctl stop` while starting: the signal
+    used to kill the half-started supervisor with its default action, leaving the
+    TUN's routes, forwarding and proxy_ndp changed."""
+    before = _router_state(dlab)
+    cfg = dict(dlab.config)
+    cfg["firewall"] = {"enabled": True, "backend": "nftables"}
+    dlab.write_config(cfg)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    log = open(dlab.log_path, "ab")  # noqa: SIM115 - closed below
+    proc = dlab.router.popen(
+        [sys.executable, "-m", "publisher.cli", "run", "-c", str(dlab.config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(ROOT),
+    )
+    log.close()
+    dlab.proc = proc
+    wait_for(lambda: "TUN offloads" in dlab.logs(), timeout=20, what="start-up under way")
+    os.kill(proc.pid, sig)
+    if sig == signal.SIGHUP:
+        wait_for(lambda: "reloaded" in dlab.logs(), timeout=20, what="the reload after start")
+        assert proc.poll() is None
+        out = dlab.client.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", DEVICE6])
+        assert "2 received" in out.stdout
+        os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0, dlab.logs()
+    assert "revnat64 stopped" in dlab.logs()
+    assert _router_state(dlab) == before
+    assert "revnat64" not in dlab.router.run("nft list tables").stdout
