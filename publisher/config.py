@@ -60,16 +60,18 @@ SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_STATE_DIR = "/var/lib/revnat64"
 
+# (\Z, not $: "$" also matches before a trailing newline, which would let a name
+# carry one into generated nsupdate scripts, zone files and rules.)
 # RFC 6052 section 2.2: the only legal prefix lengths.
 RFC6052_LENGTHS = frozenset({32, 40, 48, 56, 64, 96})
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
 RESERVED_ZERO8 = IPv6Network("::/8")  # unspecified, loopback, IPv4-compatible (RFC 4291)
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
-MAPPING_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-DNS_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-ALLOW_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
-RATE_RE = re.compile(r"^(\d{1,6})/(second|minute|hour)$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\Z")
+MAPPING_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+DNS_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+ALLOW_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?\Z")
+RATE_RE = re.compile(r"^(\d{1,6})/(second|minute|hour)\Z")
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,22 @@ def _hostport(value: Any) -> str:
     return text
 
 
+def _ip_hostport(value: Any) -> str:
+    """``address:port`` for the DNS servers revnat64 talks to: dnspython sends to an
+    address and resolves no names (a name passed ``check`` and then failed every
+    update with a bare ValueError)."""
+    text = _hostport(value)
+    host = split_hostport(text)[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{host!r} in {text!r} is not an IP address; write the server's address, "
+            "e.g. 192.0.2.53:53 or [2001:db8::53]:53"
+        ) from None
+    return text
+
+
 def split_hostport(text: str) -> tuple[str, int]:
     """Split ``127.0.0.1:53`` / ``[::1]:53`` into host and port, with a clear error."""
     if text.startswith("["):
@@ -842,11 +860,11 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
         {
             "zone": (_zone, ""),
             "ttl": (_int_in(0, 2**31 - 1), 300),
-            "server": (_hostport, None),
+            "server": (_ip_hostport, None),
             "tsig_key_file": (_str, None),
             "update_on_change": (_bool, False),
             "ptr": (_bool, False),
-            "resolver": (_hostport, None),
+            "resolver": (_ip_hostport, None),
             "instance": (_instance, ""),
         },
     )

@@ -87,6 +87,8 @@ __all__ = [
     "Conflict",
     "DnsConflictError",
     "DnsRefusedError",
+    "DnsClockError",
+    "DnsRetryLaterError",
     "DnsUnreachableError",
     "DnsUpdateError",
     "PreparedUpdate",
@@ -124,7 +126,9 @@ TSIG_ERRORS: dict[type[Exception], str] = {
     dns.tsig.PeerBadSignature: "BADSIG: the key's secret differs from the server's",
     dns.tsig.PeerBadTime: "BADTIME: this host's clock differs from the server's by > 5 minutes",
     dns.tsig.PeerBadTruncation: "BADTRUNC: the server rejected the truncated MAC",
+    dns.tsig.BadTime: "BADTIME: the answer's time differs from this host's clock by > 5 minutes",
 }
+CLOCK_ERRORS = (dns.tsig.PeerBadTime, dns.tsig.BadTime)
 
 
 class DnsUpdateError(Exception):
@@ -156,8 +160,20 @@ class DnsConflictError(DnsUpdateError):
         self.changed = changed
 
 
-class DnsUnreachableError(DnsUpdateError):
+class DnsRetryLaterError(DnsUpdateError):
+    """Nothing was published, for a reason that time may cure: tried again later."""
+
+
+class DnsUnreachableError(DnsRetryLaterError):
     """The server did not answer after every retry."""
+
+
+class DnsClockError(DnsRetryLaterError):
+    """TSIG refused for the time: this host's clock and the server's differ.
+
+    A router without a battery-backed clock starts before NTP has set it, so
+    this is retried later like an unreachable server, not given up on.
+    """
 
 
 @dataclass(frozen=True)
@@ -427,10 +443,12 @@ class _Server:
             except tuple(TSIG_ERRORS) as exc:
                 meaning = TSIG_ERRORS[type(exc)]
                 key = self.key.name.to_text() if self.key else "(none)"
-                raise DnsRefusedError(
-                    f"DNS server {self.label} refused {what} signed with TSIG key {key}: {meaning}",
-                    meaning.split(":")[0],
-                ) from None
+                message = (
+                    f"DNS server {self.label} refused {what} signed with TSIG key {key}: {meaning}"
+                )
+                if isinstance(exc, CLOCK_ERRORS):
+                    raise DnsClockError(f"{message} (is NTP running?)") from None
+                raise DnsRefusedError(message, meaning.split(":")[0]) from None
             except (dns.exception.Timeout, OSError, EOFError, dns.exception.FormError) as exc:
                 last = exc
             else:
@@ -870,19 +888,24 @@ def start_background_update(
             _BACKGROUND.status = replace(_BACKGROUND.status, state="running", message="")
         try:
             result = run_update(cfg, log=log, policy=policy)
-        except DnsUnreachableError as exc:
+        except DnsRetryLaterError as exc:
             message = str(exc) or type(exc).__name__
+            unreachable = isinstance(exc, DnsUnreachableError)
             later = policy.later
             delay = later[min(retry, len(later) - 1)] if later else None
             if delay is None:
                 log.error("DNS update failed: %s", message)
-                _finish("error", message, 0, unreachable=True)
+                _finish("error", message, 0, unreachable=unreachable)
                 return None
             log.warning("DNS update failed: %s; trying again in %g s", message, delay)
-            _finish("retrying", f"{message}; next try in {delay:g} s", 0, unreachable=True)
+            _finish("retrying", f"{message}; next try in {delay:g} s", 0, unreachable=unreachable)
             return delay
         except Exception as exc:  # any failure must land in the status
-            message = str(exc) or type(exc).__name__
+            message = (
+                str(exc)
+                if isinstance(exc, DnsUpdateError)
+                else f"{type(exc).__name__}: {exc}".rstrip(": ")  # say what broke, and how
+            )
             log.error("DNS update failed: %s", message)
             _finish("conflict" if isinstance(exc, DnsConflictError) else "error", message, 0)
             return None

@@ -13,6 +13,7 @@ import logging
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv6Network
@@ -303,6 +304,28 @@ def test_an_unreachable_server_is_tried_again_until_it_answers(
     assert status.last_success is not None and status.last_success >= status.finished_at - 1
     assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
     assert "trying again in 0.3 s" in caplog.text
+
+
+def test_a_wrong_clock_is_tried_again_once_ntp_has_set_it(
+    named: Named, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A router without a battery-backed clock boots a day (or years) behind, before
+    NTP: BIND answers BADTIME. That was final; now it is retried like an unreachable
+    server, and publishes once the clock is right."""
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    real_time = time.time
+    unreachable_before = dns_update_status().unreachable
+    monkeypatch.setattr(time, "time", lambda: real_time() - 86400)  # what TSIG signs with
+    policy = RetryPolicy(timeout=2.0, attempts=1, later=(0.3,))
+    thread = start_background_update(cfg, logging.getLogger("test.dns"), policy)
+    status = wait_for_state("retrying")
+    assert "BADTIME" in status.message and "is NTP running?" in status.message, status
+    assert status.unreachable == unreachable_before  # the server did answer
+    monkeypatch.setattr(time, "time", real_time)  # NTP has set the clock
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert dns_update_status().state == "ok"
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
 
 
 def retrying_for_an_hour(named: Named, tmp_path: Path) -> tuple[Config, threading.Thread]:

@@ -443,3 +443,26 @@ def test_check_rejects_a_dns_name_published_twice(tmp_path: Path) -> None:
         f"{path}: mappings[1].hostname: DNS name lab-7.cam.example.org. of 'lab' is also "
         "published by mappings[0] ('lab-7'); choose another hostname"
     ) in proc.stdout
+
+
+def test_a_dns_server_must_be_an_address() -> None:
+    """dnspython resolves no names: this passed check and failed every update."""
+    doc = with_changes(dns={"zone": "cam.example.org", "server": "ns1.example.org:53"})
+    [problem] = problems_of(doc)
+    assert problem.startswith("test.yaml: dns.server: 'ns1.example.org' in 'ns1.example.org:53'")
+    assert "is not an IP address" in problem
+    parse_config(with_changes(dns={"zone": "cam.example.org", "server": "[2001:db8::53]:53"}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"mappings__0__name": "cam\n"}, "mappings[0].name"),
+        ({"translator__tun_device": "rn64t\n"}, "translator.tun_device"),
+        ({"mappings__0__hostname": "cam.x\n"}, "mappings[0].hostname"),
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_name(changes: dict[str, Any], field: str) -> None:
+    """`$` matched before a trailing newline, which then reached nsupdate scripts,
+    zone files and hosts snippets as a line break."""
+    assert any(f"test.yaml: {field}" in p for p in problems_of(with_changes(**changes)))
