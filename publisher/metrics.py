@@ -386,8 +386,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return split_hostport(text)
 
 
+# A connection that has not sent its request within this long is closed, and at
+# most this many are served at once; more are closed at once. Without these an idle
+# client held a thread and a file descriptor of the supervisor forever: a few
+# hundred of them (anyone on the LAN, with the endpoint opened there) and the
+# supervisor could no longer open its config, run nft or answer the control socket.
+REQUEST_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log on stderr: Prometheus scrapes every few seconds."""
+
+    timeout = REQUEST_TIMEOUT  # StreamRequestHandler puts it on the socket
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -395,6 +406,27 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: this one is closed, not queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (socket.getfqdn), which can hang

@@ -349,3 +349,35 @@ def test_each_scrape_ends_with_a_full_collection_even_when_it_fails(
     with pytest.raises(RuntimeError):
         wrapped("boom", None)
     assert collections == [1, 1]
+
+
+def test_idle_connections_are_bounded_and_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that never send a request (slowloris) held a supervisor thread and
+    file descriptor each, forever; now at most MAX_CONNECTIONS, each for REQUEST_TIMEOUT."""
+    from publisher import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 0.5)
+    monkeypatch.setattr(metrics_module._ThreadingWSGIServer, "max_connections", 4)
+    server = start_http_server("127.0.0.1:0", sample_snapshot)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            idle.append(socket.create_connection((server.host, server.port), timeout=5))
+        # Past the limit: closed at once (the server reads nothing from them).
+        closed = 0
+        for sock in idle[4:]:
+            sock.settimeout(2)
+            try:
+                closed += sock.recv(1) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += 1
+        assert closed == 6
+        # The first four are dropped after the timeout, and a scrape gets through.
+        for sock in idle[:4]:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""
+        assert "revnat64_" in scrape(server.url)
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()
