@@ -213,6 +213,52 @@ def recv_message(sock: socket.socket) -> Any:
     return pickle.loads(_recv_exact(sock, _LEN.unpack(header)[0]))
 
 
+class CallChannel:
+    """The supervisor's end of a worker channel: numbered calls, replies matched.
+
+    A call that times out leaves its reply on its way; read by the next call it
+    put every later reply one behind (a reload "failed" on a snapshot's reply
+    while the worker had applied it). Each request now carries a number the
+    worker echoes, a late reply is dropped, and bytes read before a timeout are
+    kept, so a reply cut by one is never misread by the next.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.seq = 0
+        self._buffer = bytearray()
+
+    def call(self, message: tuple[Any, ...], timeout: float) -> Any:
+        self.seq += 1
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
+        send_message(self.sock, (self.seq, *message))
+        while True:
+            seq, reply = self.receive(deadline)
+            if seq == self.seq:
+                return reply
+            log.debug("dropped a late worker reply (call %d, now at %d)", seq, self.seq)
+
+    def receive(self, deadline: float) -> Any:
+        """The next whole message; TimeoutError at ``deadline``, EOFError when gone."""
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= _LEN.size:
+                size = _LEN.unpack_from(buffer)[0]
+                if len(buffer) >= _LEN.size + size:
+                    data = bytes(buffer[_LEN.size : _LEN.size + size])
+                    del buffer[: _LEN.size + size]
+                    return pickle.loads(data)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the worker did not answer in time")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError("peer closed the worker channel")
+            buffer += chunk
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     chunks = []
     while n:
@@ -498,7 +544,8 @@ class Worker:
                     except (EOFError, OSError):
                         log.info("supervisor gone; worker exiting")
                         break
-                    send_message(self.channel, self.handle(message))
+                    seq, *request = message
+                    send_message(self.channel, (seq, self.handle(tuple(request))))
                 if now >= next_expire:
                     self.pool.expire(now)
                     next_expire = now + LEASE_EXPIRE_INTERVAL
@@ -619,6 +666,7 @@ class WorkerHandle:
         child.close()
         self.pid = pid
         self.channel = parent
+        self.calls = CallChannel(parent)
         self.lock = threading.Lock()
 
     def start(
@@ -637,15 +685,13 @@ class WorkerHandle:
         self.channel.settimeout(timeout)
         socket.send_fds(self.channel, [b"F"], [fd] if table_fd < 0 else [fd, table_fd])
         send_message(self.channel, ("init", plane, tables, offloads, level, index))
-        hello = recv_message(self.channel)
+        hello = self.calls.receive(time.monotonic() + timeout)
         if hello[0] != "ready":
             raise RuntimeError(f"worker sent {hello!r} instead of ready")
 
     def call(self, *message: Any, timeout: float = 10.0) -> Any:
         with self.lock:
-            self.channel.settimeout(timeout)
-            send_message(self.channel, message)
-            return recv_message(self.channel)
+            return self.calls.call(message, timeout)
 
     def alive(self) -> bool:
         try:
