@@ -605,18 +605,23 @@ class Daemon:
         firewall = self.firewall
         if firewall is None:
             return
+        failing = self.firewall_state.startswith("error")
         try:
             if firewall.is_applied():
                 self.firewall_missing = 0
+                if failing:  # the tool works again and the rules are there
+                    log.info("firewall: the %s rules are in place again", firewall.name)
+                    self.firewall_state = "applied"
                 return
             self.firewall_missing += 1
             if self.firewall_missing <= firewall.grace_checks:
                 return
-            log.warning(
-                "firewall: the %s rules are gone (%s?); applying them again",
-                firewall.name,
-                firewall.gone_hint,
-            )
+            if not failing:  # said once; a failing apply is then logged once below
+                log.warning(
+                    "firewall: the %s rules are gone (%s?); applying them again",
+                    firewall.name,
+                    firewall.gone_hint,
+                )
             firewall.apply()
         except Exception as exc:  # keep checking; the state says what is wrong
             state = f"error: {exc}"

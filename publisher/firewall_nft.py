@@ -279,12 +279,13 @@ def is_applied(cfg: Config, netns: str | None = None) -> bool:
 
     Asks for the table names only: listing the table itself prints every set
     element, megabytes with 10,000 mappings, and the daemon asks every few
-    seconds (and on every scrape)."""
+    seconds (and on every scrape).
+
+    A failing ``nft`` raises FirewallError: that is not "the rules are gone"
+    (which made the watchdog apply them again, fail, and warn every check).
+    """
     family = TABLE.split()[0]
-    try:
-        proc = run_command(["nft", "list", "tables", family], "listing the tables", netns=netns)
-    except FirewallError:
-        return False
+    proc = run_command(["nft", "list", "tables", family], "listing the tables", netns=netns)
     return f"table {TABLE}" in (line.strip() for line in proc.stdout.splitlines())
 
 

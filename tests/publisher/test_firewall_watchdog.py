@@ -21,13 +21,16 @@ class ScriptedBackend:
     gone_hint = "a test"
     grace_checks = 0
 
-    def __init__(self, present: list[bool], apply_errors: list[str | None]) -> None:
+    def __init__(self, present: list[bool | None], apply_errors: list[str | None]) -> None:
         self.present = present
         self.apply_errors = apply_errors
         self.applied = 0
 
     def is_applied(self) -> bool:
-        return self.present.pop(0)
+        present = self.present.pop(0)
+        if present is None:
+            raise FirewallError("listing the tables: nft failed: out of memory")
+        return present
 
     def apply(self) -> None:
         error = self.apply_errors.pop(0)
@@ -61,7 +64,7 @@ def test_a_failing_reapply_is_logged_once_then_recovers(caplog: pytest.LogCaptur
         check(d)
     assert d.firewall_state == "error: nft: no table" and d.firewall_reapplied == 0
     assert sum("nft: no table" in r.getMessage() for r in caplog.records) == 1
-    assert sum("applying them again" in r.getMessage() for r in caplog.records) == 2
+    assert sum("applying them again" in r.getMessage() for r in caplog.records) == 1
     check(d)
     assert d.firewall_state == "applied" and d.firewall_reapplied == 1 and backend.applied == 1
 
@@ -85,3 +88,22 @@ def test_grace_checks_leave_the_routers_own_hook_time_first() -> None:
     assert backend.applied == 1 and d.firewall_reapplied == 1
     check(d)  # gone again: a fresh grace
     assert backend.applied == 1
+
+
+def test_a_failing_nft_is_not_taken_for_gone_rules_and_recovery_is_seen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nft itself failing (None) said "the rules are gone", re-applied, failed, warned
+    every 5 s, and the status kept the error after nft worked again."""
+    backend = ScriptedBackend([None, None, True], [])
+    d = daemon_with(backend)
+    with caplog.at_level(logging.INFO, logger="revnat64"):
+        check(d)
+        check(d)
+        assert d.firewall_state.startswith("error: listing the tables") and backend.applied == 0
+        check(d)
+    assert d.firewall_state == "applied" and d.firewall_reapplied == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("out of memory" in m for m in messages) == 1
+    assert not any("gone" in m for m in messages)
+    assert messages[-1] == "firewall: the nftables rules are in place again"
