@@ -330,6 +330,12 @@ class Daemon:
     def _apply_network(self, cfg: Config) -> None:
         """Routes, proxy NDP and sysctls for ``cfg`` (start and reload; raises on failure)."""
         assert self.netlink is not None
+        if self.netlink.link_index(cfg.wan.interface) is None:
+            log.warning(
+                "wan.interface %s does not exist (yet): what it needs (proxy NDP, "
+                "features) follows when it appears",
+                cfg.wan.interface,
+            )
         onlink = self.netlink.onlink_prefixes()
         desired = plan(cfg, onlink)
         for warning in desired.warnings:
@@ -555,7 +561,7 @@ class Daemon:
         try:
             onlink = self.netlink.onlink_prefixes()
             cfg, planned_onlink, sysctls = self.planned or (None, None, ())
-            if cfg is not self.cfg or planned_onlink != onlink:
+            if cfg is not self.cfg or planned_onlink != onlink or self.netlink.features_pending:
                 # Planning 10,000 mappings costs 0.1-0.3 s here: only when its input moved.
                 desired = plan(self.cfg, onlink)
                 self._log_network_changes(self.netlink.apply(desired))

@@ -257,6 +257,7 @@ class NetlinkManager:
         self.tun_device = tun_device
         self.state_file = state_file
         self.state = AppliedState(tun_device=tun_device)
+        self.features_pending = False  # a feature waits for its interface to appear
 
     # -- reading -------------------------------------------------------------
 
@@ -525,9 +526,16 @@ class NetlinkManager:
             self._restore_feature(key)
             changes.append(f"restored {key}")
         current: dict[str, dict[str, tuple[str, bool]]] = {}
+        self.features_pending = False
         for ifname, feature, value in wanted:
             key = f"{ifname} {feature}"
             if key in self.state.feature_originals:
+                continue
+            if self.link_index(ifname) is None:
+                # The WAN is not up yet (ppp0 before the PPPoE session): the daemon
+                # applies again when links change, instead of refusing to start.
+                self.features_pending = True
+                changes.append(f"{ifname} does not exist yet: {feature} {value} waits for it")
                 continue
             try:
                 if ifname not in current:

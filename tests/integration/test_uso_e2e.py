@@ -32,7 +32,7 @@ import pytest
 
 from tests.integration.daemon_lab import DaemonLab, base_config
 from tests.integration.test_daemon_e2e import assert_no_checksum_errors
-from tests.netlab import DEVICE6, Lab
+from tests.netlab import DEVICE6, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -257,3 +257,23 @@ def test_a_superpacket_whose_ipv6_form_exceeds_64_kib_still_arrives(dlab: Daemon
         device.kill()
     assert out == [str(BIG_COUNT), str(BIG_COUNT)], dlab.logs()[-2000:]
     assert_no_checksum_errors(dlab)
+
+
+def test_gro_forwarding_waits_for_a_wan_that_appears_later(dlab: DaemonLab, tmp_path: Path) -> None:
+    """ppp0 exists only once the PPPoE session is up: with udp_gro_forwarding the
+    daemon refused to start ("no device matches name"); now the features follow."""
+    cfg = base_config(tmp_path, dlab.tun)
+    cfg["translator"]["udp_gro_forwarding"] = True
+    cfg["wan"]["interface"] = "pppx0"
+    dlab.write_config(cfg)
+    dlab.start()
+    assert "wan.interface pppx0 does not exist (yet)" in dlab.logs()
+    dlab.router.run("ip link add pppx0 type veth peer name pppx0peer")
+    dlab.router.run("ip link set pppx0 up")
+    wait_for(
+        lambda: features(dlab, "pppx0") == {f: "on" for f in FEATURES},
+        timeout=10,
+        what="GRO forwarding switched on for the new WAN",
+    )
+    assert dlab.stop() == 0
+    assert features(dlab, "pppx0")["rx-udp-gro-forwarding"] == "off"
