@@ -848,12 +848,6 @@ class Daemon:
         for worker in reversed(self.workers):
             worker.stop()
         self.workers.clear()
-        if self.firewall is not None:
-            try:
-                self.firewall.remove()
-            except Exception as exc:
-                log.error("removing firewall rules: %s", exc)
-            self.firewall = None
         self._close_fds()
         if self.netlink is not None:
             try:
@@ -861,6 +855,16 @@ class Daemon:
             except Exception as exc:
                 log.error("removing routes and proxy entries: %s", exc)
             self.netlink = None
+        # The firewall last: netlink is quick, while nft or iptables can take long
+        # (up to their 60 s timeout) and a service manager's stop timeout may end
+        # us first; the router is then left with a table of ours, not with routes,
+        # proxy entries and sysctls.
+        if self.firewall is not None:
+            try:
+                self.firewall.remove()
+            except Exception as exc:
+                log.error("removing firewall rules: %s", exc)
+            self.firewall = None
         if self.lock_fd >= 0:
             os.close(self.lock_fd)  # last: the next daemon may now start
             self.lock_fd = -1

@@ -418,8 +418,23 @@ def remove(cfg: Config, netns: str | None = None) -> None:
 
 
 def _remove(cfg: Config, netns: str | None) -> None:
+    """Each family on its own: one whose tool fails (ip6tables gone) must not keep
+    the other's chains in place. The failures are raised together at the end."""
     plan = plan_iptables(cfg)
+    failures: list[str] = []
+    for family in FAMILIES:
+        try:
+            _remove_family(plan, family, netns)
+        except FirewallError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise FirewallError("; ".join(failures))
+
+
+def _remove_family(plan: IptablesPlan, family: str, netns: str | None) -> None:
     for hook in plan.hooks:
+        if hook.family != family:
+            continue
         for _ in range(MAX_UNHOOK):
             if not _hooked(hook, netns):
                 break
@@ -429,20 +444,19 @@ def _remove(cfg: Config, netns: str | None) -> None:
                 f"({TOOL[hook.family]}){_where(netns)}",
                 netns=netns,
             )
-    for family in FAMILIES:
-        lines = []
-        for table in sorted({t for f, t in plan.tables if f == family}):
-            ours = _our_chains(family, table, netns)
-            if ours:
-                lines += [f"*{table}", *(f"-F {c}" for c in ours)]
-                lines += [f"-X {c}" for c in ours] + ["COMMIT"]
-        if lines:
-            run_command(
-                [f"{TOOL[family]}-restore", "--noflush"],
-                f"deleting the revnat64 chains from {TOOL[family]}{_where(netns)}",
-                stdin="\n".join(lines) + "\n",
-                netns=netns,
-            )
+    lines = []
+    for table in sorted({t for f, t in plan.tables if f == family}):
+        ours = _our_chains(family, table, netns)
+        if ours:
+            lines += [f"*{table}", *(f"-F {c}" for c in ours)]
+            lines += [f"-X {c}" for c in ours] + ["COMMIT"]
+    if lines:
+        run_command(
+            [f"{TOOL[family]}-restore", "--noflush"],
+            f"deleting the revnat64 chains from {TOOL[family]}{_where(netns)}",
+            stdin="\n".join(lines) + "\n",
+            netns=netns,
+        )
 
 
 def is_applied(cfg: Config, netns: str | None = None) -> bool:

@@ -20,6 +20,7 @@ import pytest
 
 from publisher.config import Config, parse_config_text
 from publisher.firewall import IptablesBackend, NftablesBackend, backend_for
+from publisher.firewall_common import FirewallError
 from publisher.firewall_nft import render_fw4_snippet
 from tests.integration.firewall_lab import (
     BULK_BYTES,
@@ -328,6 +329,27 @@ def test_iptables_apply_twice_no_duplicates_then_remove(
     left = iptables_rules(fwlab)
     assert [line for line in left if line.startswith("-A")] == []
     assert not any("REVNAT64" in line or "RN64" in line for line in left)
+
+
+def test_iptables_remove_with_ip6tables_gone_still_removes_the_ipv4_chains(
+    fwlab: FirewallLab, ipt: IptablesBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One family's tool failing (ip6tables uninstalled under a running daemon) kept
+    the other family's chains too: the loop stopped at the first failure."""
+    ipt.apply()
+    broken = tmp_path / "no-ip6tables"
+    broken.mkdir()
+    for tool in ("ip6tables", "ip6tables-save", "ip6tables-restore"):
+        (broken / tool).write_text("#!/bin/sh\necho 'ip6tables: gone' >&2\nexit 1\n")
+        (broken / tool).chmod(0o755)
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{path}")
+    with pytest.raises(FirewallError, match="ip6tables"):
+        ipt.remove()
+    monkeypatch.setenv("PATH", path)
+    ipv4 = fwlab.router.run(["iptables-save"]).stdout
+    assert "REVNAT64" not in ipv4 and "RN64" not in ipv4
+    assert "REVNAT64" in fwlab.router.run(["ip6tables-save"]).stdout  # could not be touched
 
 
 def test_iptables_traffic_follows_the_allow_lists(fwlab: FirewallLab, ipt: IptablesBackend) -> None:
