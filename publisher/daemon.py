@@ -431,8 +431,11 @@ class Daemon:
             from publisher.dns_update import dns_update_status
 
             st = dns_update_status()
-            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.finished_at or 0))
-            snap.dns_state = f"{st.state} {when}: {st.message}".strip()
+            if st.finished_at:
+                when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.finished_at))
+                snap.dns_state = f"{st.state} {when}: {st.message}".strip()
+            else:  # the first update is still under way (no 1970 timestamp)
+                snap.dns_state = f"{st.state}: {st.message}".strip(": ")
             snap.dns_update_state = st.state
             snap.dns_update_unreachable = st.unreachable
             snap.dns_last_success_timestamp = st.last_success or 0.0

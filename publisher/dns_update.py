@@ -452,6 +452,17 @@ class _Server:
             except (dns.exception.Timeout, OSError, EOFError, dns.exception.FormError) as exc:
                 last = exc
             else:
+                if self.key is not None and not response.had_tsig:
+                    # Whatever dnspython's version checks: an unsigned answer to a
+                    # signed question did not come from the key's holder (RFC 8945
+                    # §5.3: answers to signed requests are signed), so it is not
+                    # believed, be it "updated" or the zone's contents.
+                    raise DnsRefusedError(
+                        f"DNS server {self.label} answered {what} without a TSIG "
+                        "signature: not trusted (a forged answer, or not the server "
+                        "that holds the key)",
+                        "UNSIGNED",
+                    )
                 rcode = response.rcode()
                 if rcode not in RETRYABLE_RCODES:
                     return response

@@ -198,11 +198,15 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:
+            # os.write/fsync name no file: "[Errno 28] No space left" alone does not
+            # say which disk to look at.
+            raise OSError(exc.errno, f"writing {path}: {exc.strerror}") from exc
         raise
     fsync_directory(path.parent)
 

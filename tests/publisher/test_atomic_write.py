@@ -32,6 +32,7 @@ def test_a_short_write_then_a_full_disk_keeps_the_old_file(
     with pytest.raises(OSError) as info:
         atomic_write(target, "x" * 10000)
     assert info.value.errno == errno.ENOSPC
+    assert f"writing {target}" in str(info.value)  # which disk is full
     assert calls == [10000, 10000 - 4096]  # the rest was asked for, not dropped
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["netstate.json"]  # no .tmp left
