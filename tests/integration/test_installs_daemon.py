@@ -226,3 +226,18 @@ def test_merlin_wan_event_starts_a_daemon_that_is_not_running(
     first = pidfile.read_text().strip()
     d.router.run(["sh", str(MERLIN / "wan-event"), "1", "connected"], env=env)
     assert pidfile.read_text().strip() == first  # running: left alone
+
+
+def test_merlin_log_link_planted_in_tmp_is_not_followed(
+    merlin: tuple[DaemonLab, dict[str, str]], tmp_path: Path
+) -> None:
+    """/tmp is world-writable: a link at the log path made root append to any file."""
+    d, env = merlin
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    Path(env["REVNAT64_LOG"]).symlink_to(victim)
+    d.router.run(["sh", str(MERLIN / "services-start")], env=env)
+    wait_for(lambda: Path(env["REVNAT64_PIDFILE"]).exists(), timeout=30)
+    wait_for(lambda: "-A " in "\n".join(ruleset(d)), timeout=30)
+    assert victim.read_text() == "untouched\n"
+    assert not Path(env["REVNAT64_LOG"]).is_symlink()
