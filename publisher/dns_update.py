@@ -870,6 +870,13 @@ def dns_update_status() -> UpdateStatus:
         return _BACKGROUND.status
 
 
+class _Superseded(BaseException):
+    """A newer background update was requested: this one stops between two tries.
+
+    A BaseException, so that no ``except Exception`` on the way treats it as a
+    failure of the update itself."""
+
+
 def start_background_update(
     cfg: Config, log: logging.Logger, policy: RetryPolicy = RetryPolicy()
 ) -> threading.Thread:
@@ -891,6 +898,15 @@ def start_background_update(
     def superseded() -> bool:
         return generation != _BACKGROUND.generation
 
+    def pause(seconds: float) -> None:
+        """The backoff between tries of one message, ended by a newer request: an
+        older config's update gave way only after all its retries (about 25 s)."""
+        with _BACKGROUND.newer:
+            if _BACKGROUND.newer.wait_for(superseded, timeout=seconds):
+                raise _Superseded
+
+    run_policy = replace(policy, sleep=pause)
+
     def attempt(retry: int) -> float | None:
         """One whole update (the ``retry``-th again); the wait before the next, or None."""
         with _BACKGROUND.status_lock:
@@ -898,7 +914,10 @@ def start_background_update(
                 return None
             _BACKGROUND.status = replace(_BACKGROUND.status, state="running", message="")
         try:
-            result = run_update(cfg, log=log, policy=policy)
+            result = run_update(cfg, log=log, policy=run_policy)
+        except _Superseded:
+            log.info("DNS update: given up for a newer one")
+            return None
         except DnsRetryLaterError as exc:
             message = str(exc) or type(exc).__name__
             unreachable = isinstance(exc, DnsUnreachableError)

@@ -328,6 +328,26 @@ def test_a_wrong_clock_is_tried_again_once_ntp_has_set_it(
     assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
 
 
+def test_a_newer_update_does_not_wait_for_an_older_ones_retries(
+    named: Named, tmp_path: Path
+) -> None:
+    """An update retrying a frozen server (backoff 8 s, 16 s, ...) gave way to a
+    newer config only after all its retries; now at the next pause."""
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    with frozen(named):
+        slow = RetryPolicy(timeout=0.5, attempts=4, backoff=8.0, later=(3600.0,))
+        older = start_background_update(cfg, logging.getLogger("test.dns"), slow)
+        time.sleep(1.0)  # its first try has timed out: it is in its 8 s pause
+    started = time.monotonic()
+    newer = start_background_update(cfg, logging.getLogger("test.dns"), QUICK)
+    newer.join(timeout=30)
+    assert dns_update_status().state == "ok"
+    assert time.monotonic() - started < 3.0  # not after the older one's 20 s of retries
+    older.join(timeout=10)
+    assert not older.is_alive()
+    assert named.rrset(NAS, "AAAA") == {"2001:db8:200::51"}
+
+
 def retrying_for_an_hour(named: Named, tmp_path: Path) -> tuple[Config, threading.Thread]:
     """A background update that found named frozen and now waits an hour to try again."""
     cfg = load_config(write_config(tmp_path / "c.yaml", named))
