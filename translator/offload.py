@@ -118,7 +118,10 @@ def prepare(frame: bytes, lowest_ipv6_mtu: int) -> tuple[bytes, int, int]:
     if first >> 4 == 4:
         l4, proto = (first & 0x0F) * 4, frame[VNET_HDR_LEN + 9]
     else:
-        l4, proto = upper_layer6(frame, csum_start)
+        proto = frame[VNET_HDR_LEN + 6]
+        l4 = 40
+        if proto in IPV6_SKIPPED_EXTENSIONS:  # rare: only then walk the chain
+            l4, proto = upper_layer6(frame, csum_start)
     if csum_start != l4 or proto not in (PROTO_TCP, PROTO_UDP):
         # IPv4 options or IPv6 extension headers: finish here, stay simple.
         return complete_checksum(frame[VNET_HDR_LEN:], csum_start, csum_offset), 0, GSO_NONE

@@ -336,9 +336,16 @@ class Tables:
 
     def lookup4(self, a4: bytes) -> Mapping | None:
         """IPv4 address -> (IPv6 address, delta, EAM index or -1), EAM before prefix."""
-        m = self.lookup_eam4(a4)
+        # (lookup_eam4's lines, not a call to it: this runs for every 4->6 packet.)
+        m = self._host4.get(a4)
         if m is not None:
             return m
+        if self._ranges4:
+            n = int.from_bytes(a4, "big")
+            for shift, entries in self._ranges4:
+                e = entries.get(n >> shift)
+                if e is not None:
+                    return ((e.p6 | (n & e.smask)).to_bytes(16, "big"), e.delta, e.index)
         if self._plen:
             a6 = self.embed(a4)
             if a6 is not None:
