@@ -564,7 +564,7 @@ class Daemon:
         try:
             onlink = self.netlink.onlink_prefixes()
             cfg, planned_onlink, sysctls = self.planned or (None, None, ())
-            if cfg is not self.cfg or planned_onlink != onlink or self.netlink.features_pending:
+            if cfg is not self.cfg or planned_onlink != onlink or self.netlink.features_ready():
                 # Planning 10,000 mappings costs 0.1-0.3 s here: only when its input moved.
                 desired = plan(self.cfg, onlink)
                 self._log_network_changes(self.netlink.apply(desired))

@@ -261,7 +261,7 @@ class NetlinkManager:
         self.tun_device = tun_device
         self.state_file = state_file
         self.state = AppliedState(tun_device=tun_device)
-        self.features_pending = False  # a feature waits for its interface to appear
+        self.pending_features: set[str] = set()  # "ifname feature" waiting for ifname
 
     # -- reading -------------------------------------------------------------
 
@@ -530,16 +530,18 @@ class NetlinkManager:
             self._restore_feature(key)
             changes.append(f"restored {key}")
         current: dict[str, dict[str, tuple[str, bool]]] = {}
-        self.features_pending = False
+        was_pending, self.pending_features = self.pending_features, set()
         for ifname, feature, value in wanted:
             key = f"{ifname} {feature}"
             if key in self.state.feature_originals:
                 continue
             if self.link_index(ifname) is None:
-                # The WAN is not up yet (ppp0 before the PPPoE session): the daemon
-                # applies again when links change, instead of refusing to start.
-                self.features_pending = True
-                changes.append(f"{ifname} does not exist yet: {feature} {value} waits for it")
+                # The WAN is not up yet (ppp0 before the PPPoE session): applied when
+                # it appears (features_ready), instead of refusing to start. Said
+                # once, and no change: the state file is not rewritten for it.
+                self.pending_features.add(key)
+                if key not in was_pending:
+                    log.info("%s does not exist yet: %s %s waits for it", ifname, feature, value)
                 continue
             try:
                 if ifname not in current:
@@ -559,6 +561,12 @@ class NetlinkManager:
                 raise NetlinkError(f"translator.udp_gro_forwarding: {exc}") from exc
             changes.append(f"ethtool -K {ifname} {feature} {value} (was {now})")
         return changes
+
+    def features_ready(self) -> bool:
+        """Whether an interface a pending feature waits for exists now."""
+        return any(
+            self.link_index(key.split(" ", 1)[0]) is not None for key in self.pending_features
+        )
 
     def _restore_feature(self, key: str) -> None:
         original = self.state.feature_originals.pop(key)

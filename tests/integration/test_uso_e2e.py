@@ -268,6 +268,16 @@ def test_gro_forwarding_waits_for_a_wan_that_appears_later(dlab: DaemonLab, tmp_
     dlab.write_config(cfg)
     dlab.start()
     assert "wan.interface pppx0 does not exist (yet)" in dlab.logs()
+    # Waiting costs nothing: other link events neither log it again nor rewrite
+    # the state file (router flash).
+    state = dlab.tmp / "state" / "netstate.json"
+    written = state.stat().st_mtime_ns
+    for _ in range(2):
+        dlab.router.run("ip link add other0 type veth peer name other0peer")
+        dlab.router.run("ip link del other0")
+        time.sleep(1.5)
+    assert dlab.logs().count("pppx0 does not exist yet") == len(FEATURES)
+    assert state.stat().st_mtime_ns == written
     dlab.router.run("ip link add pppx0 type veth peer name pppx0peer")
     dlab.router.run("ip link set pppx0 up")
     wait_for(
