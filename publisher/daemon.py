@@ -73,13 +73,14 @@ LOCK_FILE = "daemon.lock"  # in daemon.state_dir: one daemon per state directory
 PREFIX_CHECK_INTERVAL = 5.0  # the periodic look at wan.prefix_from, should a notification be lost
 
 
-def tun_open_hint(err: int | None, queues: int) -> str:
-    """What a TUNSETIFF refusal usually means, for the start-up error.
+def tun_open_hint(err: int | None, queues: int, failed: int = 0) -> str:
+    """What a TUNSETIFF refusal of queue ``failed`` (of ``queues``) usually means.
 
-    (A device of the same name is refused earlier, by recover_leftovers.)
+    Kernels before 3.8 (Merlin's 2.6.36 builds) ignore IFF_MULTI_QUEUE: queue 0
+    makes a single-queue device and queue 1 is refused as busy. A device of the
+    same name is refused earlier, by recover_leftovers.
     """
-    if err == errno.EINVAL and queues > 1:
-        # Merlin's 2.6.36 kernels, for one, have no multi-queue TUN.
+    if queues > 1 and (failed > 0 or err == errno.EINVAL) and err in (errno.EBUSY, errno.EINVAL):
         return "; several queues need Linux 3.8 or later (else set translator.workers: 1)"
     if err == errno.EBUSY:
         return "; another program took the device name meanwhile"
@@ -167,6 +168,7 @@ class Daemon:
         self.fds: list[int] = []
         self.table_fd = -1
         self.lock_fd = -1  # the state directory's lock, held until stop() is done
+        self.tun_ours = False  # set once our first queue is open
         self.offloads = 0
         self.netlink: NetlinkManager | None = None
         self.workers: list[WorkerHandle] = []
@@ -316,8 +318,12 @@ class Daemon:
         except OSError as exc:
             raise StartupError(
                 f"creating TUN device {name} with {count} queue(s): {exc}"
-                f"{tun_open_hint(exc.errno, count)}"
+                f"{tun_open_hint(exc.errno, count, len(self.fds))}"
             ) from exc
+        finally:
+            # Only a device we opened is ours to delete at stop (not one that
+            # another program created between recover_leftovers and here).
+            self.tun_ours = bool(self.fds)
 
     def _close_fds(self) -> None:
         for fd in self.fds:
@@ -854,7 +860,7 @@ class Daemon:
         self._close_fds()
         if self.netlink is not None:
             try:
-                self.netlink.teardown()
+                self.netlink.teardown(delete_tun=self.tun_ours)
             except Exception as exc:
                 log.error("removing routes and proxy entries: %s", exc)
             self.netlink = None
