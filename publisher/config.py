@@ -49,6 +49,7 @@ __all__ = [
     "TranslatorSection",
     "WanSettings",
     "config_warnings",
+    "is_ip_host",
     "load_config",
     "load_config_compact",
     "parse_config",
@@ -477,20 +478,13 @@ def _hostport(value: Any) -> str:
     return text
 
 
-def _ip_hostport(value: Any) -> str:
-    """``address:port`` for the DNS servers revnat64 talks to: dnspython sends to an
-    address and resolves no names (a name passed ``check`` and then failed every
-    update with a bare ValueError)."""
-    text = _hostport(value)
-    host = split_hostport(text)[0]
+def is_ip_host(hostport: str) -> bool:
+    """Whether the host of ``host:port`` is an IP address (not a name)."""
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(split_hostport(hostport)[0].strip("[]"))
     except ValueError:
-        raise ValueError(
-            f"{host!r} in {text!r} is not an IP address; write the server's address, "
-            "e.g. 192.0.2.53:53 or [2001:db8::53]:53"
-        ) from None
-    return text
+        return False
+    return True
 
 
 def split_hostport(text: str) -> tuple[str, int]:
@@ -860,11 +854,11 @@ def parse_config(data: Any, file: str = "<config>", prefix: IPv6Network | None =
         {
             "zone": (_zone, ""),
             "ttl": (_int_in(0, 2**31 - 1), 300),
-            "server": (_ip_hostport, None),
+            "server": (_hostport, None),
             "tsig_key_file": (_str, None),
             "update_on_change": (_bool, False),
             "ptr": (_bool, False),
-            "resolver": (_ip_hostport, None),
+            "resolver": (_hostport, None),
             "instance": (_instance, ""),
         },
     )
@@ -1150,6 +1144,16 @@ def config_warnings(cfg: Config) -> list[str]:
                 )
         except ValueError:
             pass
+    for field_name in ("server", "resolver"):
+        value = getattr(cfg.dns, field_name)
+        if value and not is_ip_host(value):
+            # A warning, not an error: an upgrade must not stop a daemon whose
+            # only fault is a DNS setting that never worked.
+            out.append(
+                f"{cfg.path}: dns.{field_name}: {split_hostport(value)[0]!r} is not an IP "
+                "address; revnat64 sends DNS messages to an address and resolves no "
+                "names, so this fails until it is one (e.g. 192.0.2.53:53)"
+            )
     if cfg.dns.tsig_key_file and cfg.dns.server is None:
         out.append(f"{cfg.path}: dns.tsig_key_file is set but dns.server is not")
     if cfg.wan.prefix_from and cfg.dns.ptr and cfg.dns.update_on_change:

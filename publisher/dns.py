@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from publisher.config import Config, load_config_or_report
+from publisher.config import Config, is_ip_host, load_config_or_report
 from publisher.dns_records import build_records, render
 
 __all__ = ["cmd_dns"]
@@ -76,6 +76,13 @@ def _check(cfg: Config, ptr: bool) -> int:
     records = build_records(cfg, ptr=ptr)
     for warning in records.warnings:
         _warn(warning)
+    if cfg.dns.resolver and not is_ip_host(cfg.dns.resolver):
+        print(
+            f"{cfg.path}: dns.resolver: {cfg.dns.resolver} names no IP address; "
+            "write the resolver's address (e.g. 192.0.2.53:53)",
+            file=sys.stderr,
+        )
+        return 2
     resolver = make_resolver(cfg.dns.resolver)
     results = check_records(records, resolver_lookup(resolver))
     for line in format_report(results):

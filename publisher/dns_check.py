@@ -22,7 +22,7 @@ from ipaddress import IPv6Address
 import dns.exception
 import dns.resolver
 
-from publisher.config import split_hostport
+from publisher.config import is_ip_host, split_hostport
 from publisher.dns_records import DnsRecord, RecordSet
 
 __all__ = ["CheckResult", "check_records", "classify", "format_report", "make_resolver"]
@@ -76,6 +76,8 @@ def make_resolver(resolver: str | None) -> dns.resolver.Resolver:
     if resolver is None:
         res = dns.resolver.Resolver()
     else:
+        if not is_ip_host(resolver):
+            raise OSError(f"dns.resolver: {resolver} names no IP address (no names here)")
         host, port = split_hostport(resolver)
         res = dns.resolver.Resolver(configure=False)
         res.nameservers = [host.strip("[]")]

@@ -78,7 +78,7 @@ import dns.rrset
 import dns.tsig
 import dns.update
 
-from publisher.config import Config, split_hostport
+from publisher.config import Config, is_ip_host, split_hostport
 from publisher.dns_records import RecordSet, build_records, ownership_name, ownership_string
 from publisher.dns_tsig import TsigKey, key_file_warnings, load_tsig_key
 
@@ -618,6 +618,11 @@ def _make_server(
 ) -> _Server:
     if not cfg.dns.server:
         raise DnsUpdateError(f"{cfg.path}: dns.server is not set; it names the primary to update")
+    if not is_ip_host(cfg.dns.server):
+        raise DnsUpdateError(
+            f"{cfg.path}: dns.server: {cfg.dns.server} names no IP address; write the "
+            "server's address (revnat64 resolves no names)"
+        )
     host, port = split_hostport(cfg.dns.server)
     return _Server(host.strip("[]"), port, key.to_dnspython() if key else None, policy, log)
 
@@ -912,11 +917,16 @@ def start_background_update(
         with _BACKGROUND.status_lock:
             if superseded():
                 return None
-            _BACKGROUND.status = replace(_BACKGROUND.status, state="running", message="")
+            before = _BACKGROUND.status
+            _BACKGROUND.status = replace(before, state="running", message="")
         try:
             result = run_update(cfg, log=log, policy=run_policy)
         except _Superseded:
             log.info("DNS update: given up for a newer one")
+            with _BACKGROUND.status_lock:
+                # Not "running" for ever when nothing newer starts (a cancel): what
+                # was known before this run is still all that is known.
+                _BACKGROUND.status = before
             return None
         except DnsRetryLaterError as exc:
             message = str(exc) or type(exc).__name__

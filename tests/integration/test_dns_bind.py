@@ -651,3 +651,19 @@ def test_a_new_prefix_moves_the_aaaa_of_suffix_mappings(named: Named, tmp_path: 
         run_update(cfg)
         assert named.rrset(NAS, "AAAA") == {prefix.replace("/64", "51")}
         assert named.rrset(FRONTDOOR, "AAAA") == {"2001:db8:200::50"}  # written in full
+
+
+def test_a_cancel_during_a_backoff_leaves_no_run_shown_as_running(
+    named: Named, tmp_path: Path
+) -> None:
+    """Cancelled between two tries, the update used to stay "running" for good."""
+    cfg = load_config(write_config(tmp_path / "c.yaml", named))
+    with frozen(named):
+        slow = RetryPolicy(timeout=0.5, attempts=4, backoff=8.0, later=(3600.0,))
+        older = start_background_update(cfg, logging.getLogger("test.dns"), slow)
+        time.sleep(1.0)  # in its 8 s pause
+        assert dns_update_status().state == "running"
+        cancel_background_update()
+        older.join(timeout=5)
+    assert not older.is_alive()
+    assert dns_update_status().state != "running"

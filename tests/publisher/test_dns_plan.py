@@ -174,3 +174,15 @@ def test_background_update_reports_failure_in_its_status(tmp_path: Path) -> None
     status = dns_update_status()
     assert status.state == "error" and cfg.dns.server in status.message
     assert status.finished_at is not None
+
+
+def test_a_server_given_by_name_fails_with_a_message_not_a_bare_valueerror(
+    tmp_path: Path,
+) -> None:
+    from publisher.config import load_config
+    from publisher.dns_update import DnsUpdateError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(config_text(server="ns1.example.org:53"))
+    with pytest.raises(DnsUpdateError, match=r"dns.server: ns1.example.org:53 names no IP address"):
+        run_update(load_config(path), policy=RetryPolicy(attempts=1))
