@@ -638,6 +638,8 @@ class Daemon:
                     firewall.gone_hint,
                 )
             firewall.apply()
+            if failing:
+                log.info("firewall: the %s rules are applied again", firewall.name)
         except Exception as exc:  # keep checking; the state says what is wrong
             state = f"error: {exc}"
             if state != self.firewall_state:  # once per new problem, not every 5 s

@@ -175,12 +175,15 @@ class AppliedState:
         )
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+def atomic_write(path: Path, text: str, mode: int = 0o600, sync_directory: bool = True) -> None:
     """Write-then-rename, so a crash or power loss leaves the old file or the new one,
     never half of one; a full disk raises OSError and leaves the old file.
 
     (``os.write`` may write less than asked when the disk fills: every byte is
     written or the call fails, and the temporary file goes with the failure.)
+    ``sync_directory`` makes the rename itself survive power loss, at the cost of
+    a second flush: the worker, saving leases beside its packet loop, skips it
+    (an older lease file after a power cut is harmless).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -208,7 +211,8 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
             # say which disk to look at.
             raise OSError(exc.errno, f"writing {path}: {exc.strerror}") from exc
         raise
-    fsync_directory(path.parent)
+    if sync_directory:
+        fsync_directory(path.parent)
 
 
 def fsync_directory(directory: Path) -> None:

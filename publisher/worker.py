@@ -405,7 +405,9 @@ class Worker:
         if not self.owner:
             return
         try:
-            atomic_write(Path(self.plane.lease_file), self.pool.dump(time.monotonic()))
+            atomic_write(
+                Path(self.plane.lease_file), self.pool.dump(time.monotonic()), sync_directory=False
+            )
         except OSError as exc:
             log.warning("cannot save leases to %s: %s", self.plane.lease_file, exc)
 

@@ -65,8 +65,10 @@ def test_a_failing_reapply_is_logged_once_then_recovers(caplog: pytest.LogCaptur
     assert d.firewall_state == "error: nft: no table" and d.firewall_reapplied == 0
     assert sum("nft: no table" in r.getMessage() for r in caplog.records) == 1
     assert sum("applying them again" in r.getMessage() for r in caplog.records) == 1
-    check(d)
+    with caplog.at_level(logging.INFO, logger="revnat64"):
+        check(d)
     assert d.firewall_state == "applied" and d.firewall_reapplied == 1 and backend.applied == 1
+    assert caplog.records[-1].getMessage() == "firewall: the nftables rules are applied again"
 
 
 def test_a_disabled_firewall_is_not_watched() -> None:
