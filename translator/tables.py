@@ -356,17 +356,13 @@ class Tables:
         return None
 
     def lookup_eam4(self, a4: bytes) -> Mapping | None:
-        """Like :meth:`lookup4`, but EAM entries only (is ``a4`` a published device?)."""
-        m = self._host4.get(a4)
-        if m is not None:
-            return m
-        if self._ranges4:
-            n = int.from_bytes(a4, "big")
-            for shift, entries in self._ranges4:
-                e = entries.get(n >> shift)
-                if e is not None:
-                    return ((e.p6 | (n & e.smask)).to_bytes(16, "big"), e.delta, e.index)
-        return None
+        """Like :meth:`lookup4`, but EAM entries only (is ``a4`` a published device?).
+
+        Asked only for prefix destinations (a rare path), so it may cost a prefix
+        embedding that it then throws away.
+        """
+        m = self.lookup4(a4)
+        return m if m is not None and m[2] >= 0 else None
 
     @property
     def eam(self) -> tuple[EamEntry, ...]:

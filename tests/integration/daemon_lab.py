@@ -104,7 +104,8 @@ class DaemonLab:
         self.config = cfg
         self.config_path.write_text(yaml.safe_dump(cfg))
 
-    def start(self, timeout: float = 20.0) -> None:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the daemon and return at once (start() also waits for READY=1)."""
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONPATH=str(ROOT))
         env.pop("JOURNAL_STREAM", None)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -116,6 +117,10 @@ class DaemonLab:
             cwd=str(ROOT),
         )
         log.close()
+        return self.proc
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.launch()
         self.expect_notify("READY=1", timeout)
 
     def expect_notify(self, wanted: str, timeout: float = 20.0) -> list[str]:

@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -428,17 +427,7 @@ def test_a_signal_during_start_up_ends_in_a_clean_stop_or_a_reload(
     cfg = dict(dlab.config)
     cfg["firewall"] = {"enabled": True, "backend": "nftables"}
     dlab.write_config(cfg)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = open(dlab.log_path, "ab")  # noqa: SIM115 - closed below
-    proc = dlab.router.popen(
-        [sys.executable, "-m", "publisher.cli", "run", "-c", str(dlab.config_path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=str(ROOT),
-    )
-    log.close()
-    dlab.proc = proc
+    proc = dlab.launch()
     wait_for(lambda: "TUN offloads" in dlab.logs(), timeout=20, what="start-up under way")
     os.kill(proc.pid, sig)
     if sig == signal.SIGHUP:
