@@ -167,6 +167,10 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
     proto = pkt[6]
     if proto in _EXTENSIONS:
         proto, off, frag, fident, segments_left = walk_extensions(pkt, end)
+        if proto in _EXTENSIONS and segments_left < 0:
+            # An extension header behind a Fragment header: RFC 7915 has no
+            # stateless translation for it (the IPv4 fragments would not reassemble).
+            return drop(DropReason.UNSUPPORTED_PROTOCOL)
     else:  # no extension headers: the common case skips the walk
         off, frag, fident, segments_left = 40, -1, 0, -1
     if segments_left >= 0:
@@ -199,10 +203,7 @@ def translate_6to4(tr: Translator, pkt: bytes, now: float) -> Verdict:
         if fragmented:
             return drop(DropReason.FRAGMENTED_ICMP)
         is_error = payload[0] < ICMP6_INFO_MIN
-    elif proto == PROTO_ICMP or proto in _EXTENSIONS:
-        # ICMPv4 inside IPv6, or an extension header behind a Fragment header (RFC
-        # 7915 has no stateless translation for that; the IPv4 fragments would not
-        # reassemble).
+    elif proto == PROTO_ICMP:
         return drop(DropReason.UNSUPPORTED_PROTOCOL)
 
     tables = tr._tables
