@@ -80,7 +80,7 @@ def tun_open_hint(err: int | None, queues: int, failed: int = 0) -> str:
     makes a single-queue device and queue 1 is refused as busy. A device of the
     same name is refused earlier, by recover_leftovers.
     """
-    if queues > 1 and (failed > 0 or err == errno.EINVAL) and err in (errno.EBUSY, errno.EINVAL):
+    if queues > 1 and (err == errno.EINVAL or (err == errno.EBUSY and failed > 0)):
         return "; several queues need Linux 3.8 or later (else set translator.workers: 1)"
     if err == errno.EBUSY:
         return "; another program took the device name meanwhile"
@@ -231,8 +231,9 @@ class Daemon:
         try:
             recovered = self.netlink.recover_leftovers()
         except NetlinkError:
-            # Someone else's interface has the TUN's name: nothing was changed,
-            # so stop() must not undo (and delete that interface) either.
+            # Someone else's interface has the TUN's name and nothing was changed:
+            # stop() must not tear down either (that would remove the state file a
+            # crashed run of ours may have left).
             self.netlink.close()
             self.netlink = None
             raise
